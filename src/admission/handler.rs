@@ -1,0 +1,244 @@
+//! One review in, one review out. Never fails: every input, however broken, gets an
+//! AdmissionReview back (`invalid` or `deny` with a message a human can act on).
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::review::{AdmissionRequest, AdmissionReview, Response, ReviewResponse};
+use crate::{
+    Engine,
+    engine::Plan,
+    metrics::{AuditLabels, ImageLabels, PathLabels, RequestLabels},
+    policy::{self, Decision, Mode},
+    registry::auth::Keychain,
+    sites,
+};
+
+/// Where audit findings go besides the response (Kubernetes Events, when a client exists).
+pub trait Reporter: Send + Sync {
+    fn report(&self, request: &AdmissionRequest, plan: &Plan);
+}
+
+/// Supplies the credentials for a pod (its pull secrets), when a cluster client exists.
+#[async_trait::async_trait]
+pub trait Credentials: Send + Sync {
+    async fn keychain(&self, request: &AdmissionRequest) -> Arc<Keychain>;
+}
+
+/// What the handler needs besides the engine.
+#[derive(Clone, Default)]
+pub struct Edges {
+    pub reporter: Option<Arc<dyn Reporter>>,
+    pub credentials: Option<Arc<dyn Credentials>>,
+}
+
+const API_VERSION_V1: &str = "admission.k8s.io/v1";
+
+/// Decodes and answers one review. `api_timeout` is the API server's `?timeout=`.
+pub async fn handle(
+    engine: &Engine,
+    edges: &Edges,
+    mode: Mode,
+    body: &[u8],
+    api_timeout: Option<Duration>,
+) -> ReviewResponse {
+    let started = Instant::now();
+    let path = mode.as_str();
+    let review: AdmissionReview = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(e) => return invalid(engine, path, "", API_VERSION_V1, format!("body is not an AdmissionReview: {e}")),
+    };
+    if review.kind != "AdmissionReview" || !review.api_version.starts_with("admission.k8s.io/") {
+        let message =
+            format!("expected kind AdmissionReview in admission.k8s.io, got {} {}", review.api_version, review.kind);
+        return invalid(engine, path, "", API_VERSION_V1, message);
+    }
+    let Some(request) = review.request else {
+        return invalid(engine, path, "", &review.api_version, "the review has no request".into());
+    };
+    let (response, result) = decide(engine, edges, mode, &request, api_timeout).await;
+    let elapsed = started.elapsed();
+    engine.metrics.admission_duration.get_or_create(&PathLabels { path }).observe(elapsed.as_secs_f64());
+    engine
+        .metrics
+        .admission_requests
+        .get_or_create(&RequestLabels { path, kind: request.kind.kind.clone(), result })
+        .inc();
+    response.into_review(&review.api_version)
+}
+
+fn invalid(engine: &Engine, path: &'static str, uid: &str, api_version: &str, message: String) -> ReviewResponse {
+    tracing::warn!(path, %message, "invalid review");
+    engine
+        .metrics
+        .admission_requests
+        .get_or_create(&RequestLabels { path, kind: String::new(), result: "invalid" })
+        .inc();
+    Response::deny(uid, 400, "BadRequest", format!("layerlink: {message}")).into_review(api_version)
+}
+
+async fn decide(
+    engine: &Engine,
+    edges: &Edges,
+    mode: Mode,
+    request: &AdmissionRequest,
+    api_timeout: Option<Duration>,
+) -> (Response, &'static str) {
+    let uid = request.uid.as_str();
+    let shape = match policy::decide(request, &engine.config) {
+        Decision::Skip(reason) => {
+            tracing::debug!(uid, kind = %request.kind.kind, object = %request.object_ref(), %reason, "skipped");
+            return (Response::allow(uid), "skipped");
+        }
+        Decision::Act(shape) => shape,
+    };
+    let object = request.object.as_ref().expect("policy acts only on reviews with an object");
+    let all = sites::find(shape, object);
+    let sites = if request.operation == "UPDATE" { sites::changed(all, request.old_object.as_ref()) } else { all };
+    if mode == Mode::Validate {
+        return validate(engine, request, sites);
+    }
+    let keychain = match &edges.credentials {
+        Some(credentials) if !sites.is_empty() => credentials.keychain(request).await,
+        _ => Arc::default(),
+    };
+    let plan = engine.plan(sites, &keychain, engine.deadline(api_timeout)).await;
+    record_images(engine, mode, &plan);
+    match mode {
+        Mode::Enforce => enforce(engine, request, &plan),
+        Mode::Audit => audit(engine, edges, request, &plan),
+        Mode::Validate => unreachable!("handled above"),
+    }
+}
+
+fn enforce(engine: &Engine, request: &AdmissionRequest, plan: &Plan) -> (Response, &'static str) {
+    let uid = request.uid.as_str();
+    let pinned: Vec<String> = plan.pins.iter().map(|p| format!("{} → {}", p.site.image, p.digest)).collect();
+    let problems: Vec<String> = plan.problems.iter().map(|p| format!("{}: {}", p.site.image, p.reason)).collect();
+    tracing::info!(
+        uid,
+        kind = %request.kind.kind,
+        object = %request.object_ref(),
+        operation = %request.operation,
+        mode = "enforce",
+        dry_run = request.is_dry_run(),
+        ?pinned,
+        ?problems,
+        "review"
+    );
+    if !plan.problems.is_empty() && engine.config.resolve.on_error == crate::config::OnError::Deny {
+        let message =
+            format!("layerlink: cannot pin {}: {}", plural(plan.problems.len(), "image"), problems.join("; "));
+        return (Response::deny(uid, 403, "Forbidden", message), "denied");
+    }
+    let mut warnings: Vec<String> =
+        plan.problems.iter().map(|p| format!("layerlink: not pinned {}: {}", p.site.image, p.reason)).collect();
+    warnings.extend(
+        plan.pins.iter().filter_map(|p| {
+            p.stale.as_ref().map(|why| format!("layerlink: pinned {} from cache ({why})", p.site.image))
+        }),
+    );
+    let patch = plan.patch();
+    let result = if patch.0.is_empty() { "unchanged" } else { "patched" };
+    (Response::allow(uid).with_patch(&patch).with_warnings(warnings), result)
+}
+
+fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan) -> (Response, &'static str) {
+    let uid = request.uid.as_str();
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let mut warnings = Vec::new();
+    let mut would_pin = BTreeMap::new();
+    let mut unresolved = BTreeMap::new();
+    for pin in &plan.pins {
+        warnings.push(format!("layerlink audit: would pin {} → {}", pin.site.image, short(&pin.digest)));
+        would_pin.insert(pin.site.image.clone(), pin.pinned.clone());
+    }
+    for problem in &plan.problems {
+        warnings.push(format!("layerlink audit: cannot pin {}: {}", problem.site.image, problem.reason));
+        unresolved.insert(problem.site.image.clone(), problem.reason.clone());
+    }
+    for (result, count) in [("would_pin", would_pin.len()), ("unresolved", unresolved.len())] {
+        if count > 0 {
+            engine
+                .metrics
+                .audit_findings
+                .get_or_create(&AuditLabels { namespace: namespace.clone(), result })
+                .inc_by(count as u64);
+        }
+    }
+    tracing::info!(
+        uid,
+        kind = %request.kind.kind,
+        object = %request.object_ref(),
+        operation = %request.operation,
+        mode = "audit",
+        dry_run = request.is_dry_run(),
+        would_pin = ?would_pin,
+        unresolved = ?unresolved,
+        "review"
+    );
+    // A dry run must have no side effect (sideEffects: NoneOnDryRun).
+    if let Some(reporter) = &edges.reporter
+        && !request.is_dry_run()
+        && (!plan.pins.is_empty() || !plan.problems.is_empty())
+    {
+        reporter.report(request, plan);
+    }
+    let mut response = Response::allow(uid).with_warnings(warnings);
+    for (key, map) in [("would-pin", would_pin), ("unresolved", unresolved)] {
+        if !map.is_empty() {
+            response.audit_annotations.insert(key.into(), serde_json::to_string(&map).expect("strings serialize"));
+        }
+    }
+    (response, "audited")
+}
+
+/// `/validate`: refuses images without a digest (the same rule as the ValidatingAdmissionPolicy).
+fn validate(engine: &Engine, request: &AdmissionRequest, sites: Vec<sites::Site>) -> (Response, &'static str) {
+    let uid = request.uid.as_str();
+    let unpinned: Vec<String> = sites
+        .into_iter()
+        .filter(|s| !s.image.contains("@sha256:"))
+        .filter(|s| match crate::reference::Reference::parse(&s.image) {
+            Ok(r) => !engine.is_excluded(&s.image, &r),
+            Err(_) => true,
+        })
+        .map(|s| format!("{} ({})", s.image, s.container))
+        .collect();
+    if unpinned.is_empty() {
+        return (Response::allow(uid), "allowed");
+    }
+    let message = format!(
+        "layerlink: images must be pinned by digest (image@sha256:…) in this namespace; unpinned: {}",
+        unpinned.join(", ")
+    );
+    (Response::deny(uid, 403, "Forbidden", message), "denied")
+}
+
+fn record_images(engine: &Engine, mode: Mode, plan: &Plan) {
+    let path = mode.as_str();
+    let add = |result: &'static str, n: usize| {
+        if n > 0 {
+            engine.metrics.images.get_or_create(&ImageLabels { path, result }).inc_by(n as u64);
+        }
+    };
+    let stale = plan.pins.iter().filter(|p| p.stale.is_some()).count();
+    add("pinned", plan.pins.len() - stale);
+    add("stale", stale);
+    add("unresolved", plan.problems.len());
+    add("already_pinned", plan.already_pinned);
+    add("excluded", plan.excluded);
+}
+
+/// `sha256:` and the first 12 hex digits, for warnings that must stay short.
+fn short(digest: &str) -> String {
+    let cut = "sha256:".len() + 12;
+    if digest.len() > cut { format!("{}…", &digest[..cut]) } else { digest.to_string() }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}

@@ -1,0 +1,7 @@
+//! AdmissionReview in and out: decoding, the per-mode decision, the response.
+
+pub mod fixtures;
+pub mod handler;
+pub mod review;
+
+pub use handler::{Edges, handle};

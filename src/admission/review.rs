@@ -1,0 +1,188 @@
+//! AdmissionReview v1 on the wire: the request fields we read and the response we write.
+//!
+//! The object stays raw JSON (`serde_json::Value`) so no field is ever lost: we only ever emit
+//! JSON Patch ops against it.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    pub api_version: String,
+    pub kind: String,
+    pub request: Option<AdmissionRequest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: String,
+    #[serde(default)]
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub old_object: Option<Value>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+pub struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    pub kind: String,
+}
+
+impl AdmissionRequest {
+    /// `namespace/name`, with the generateName prefix for objects not yet named.
+    pub fn object_ref(&self) -> String {
+        let name = self.name.clone().or_else(|| {
+            let meta = self.object.as_ref()?.get("metadata")?;
+            meta.get("generateName").and_then(Value::as_str).map(|g| format!("{g}*"))
+        });
+        format!("{}/{}", self.namespace.as_deref().unwrap_or(""), name.as_deref().unwrap_or(""))
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run.unwrap_or(false)
+    }
+}
+
+/// The review we answer with: always HTTP 200, uid and apiVersion echoed.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewResponse {
+    pub api_version: String,
+    pub kind: &'static str,
+    pub response: Response,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Kubernetes truncates warnings over 120 characters and drops them past 4 KiB in total.
+pub const MAX_WARNING_LEN: usize = 120;
+pub const MAX_WARNINGS_BYTES: usize = 4096;
+
+impl Response {
+    pub fn allow(uid: &str) -> Self {
+        Response { uid: uid.to_string(), allowed: true, ..Default::default() }
+    }
+
+    pub fn deny(uid: &str, code: u16, reason: &'static str, message: String) -> Self {
+        Response {
+            uid: uid.to_string(),
+            allowed: false,
+            status: Some(Status { code, reason, message }),
+            ..Default::default()
+        }
+    }
+
+    /// Attaches a JSON Patch; an empty patch is left out entirely.
+    pub fn with_patch(mut self, patch: &json_patch::Patch) -> Self {
+        if !patch.0.is_empty() {
+            let bytes = serde_json::to_vec(patch).expect("a patch always serializes");
+            self.patch_type = Some("JSONPatch");
+            self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        self
+    }
+
+    /// Sets warnings within Kubernetes' limits, saying how many were left out.
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        let mut total = 0;
+        let count = warnings.len();
+        for (i, warning) in warnings.into_iter().enumerate() {
+            let warning = truncate(&warning, MAX_WARNING_LEN);
+            // Keep room for the closing "and N more" line.
+            if total + warning.len() > MAX_WARNINGS_BYTES - 40 {
+                self.warnings.push(format!("layerlink: {} more warnings left out", count - i));
+                break;
+            }
+            total += warning.len();
+            self.warnings.push(warning);
+        }
+        self
+    }
+
+    pub fn into_review(self, api_version: &str) -> ReviewResponse {
+        ReviewResponse { api_version: api_version.to_string(), kind: "AdmissionReview", response: self }
+    }
+}
+
+/// Cuts a string to at most `max` bytes on a char boundary, marking the cut with `…`.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_stay_within_kubernetes_limits() {
+        let many: Vec<String> = (0..200).map(|i| format!("warning {i} {}", "x".repeat(150))).collect();
+        let r = Response::allow("u").with_warnings(many);
+        assert!(r.warnings.iter().all(|w| w.len() <= MAX_WARNING_LEN));
+        assert!(r.warnings.iter().map(String::len).sum::<usize>() <= MAX_WARNINGS_BYTES);
+        assert!(r.warnings.last().unwrap().contains("more warnings left out"));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let s = "é".repeat(100);
+        let t = truncate(&s, 11);
+        assert!(t.len() <= 11 && t.ends_with('…'));
+    }
+
+    #[test]
+    fn empty_patch_is_left_out() {
+        let r = Response::allow("u").with_patch(&json_patch::Patch(vec![]));
+        let json = serde_json::to_value(r.into_review("admission.k8s.io/v1")).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"u","allowed":true}})
+        );
+    }
+}

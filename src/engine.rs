@@ -1,0 +1,122 @@
+//! The resolution engine shared by every front end: sites → resolve → plan, and the plan as a
+//! JSON Patch. The webhook, `layerlink mutate` and `layerlink audit` all call `Engine::plan`.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use globset::GlobSet;
+
+use crate::{
+    Config, Error,
+    metrics::Metrics,
+    patch,
+    reference::{self, Reference},
+    registry::auth::Keychain,
+    resolve::{Resolved, Resolver},
+    sites::Site,
+};
+
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub resolver: Arc<Resolver>,
+    pub metrics: Arc<Metrics>,
+    excluded_images: GlobSet,
+}
+
+/// An image that will be (or would be) pinned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub site: Site,
+    pub pinned: String,
+    pub digest: Arc<str>,
+    /// Why a stale cached digest was used, if one was.
+    pub stale: Option<String>,
+}
+
+/// An image that cannot be pinned, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub site: Site,
+    pub reason: String,
+    /// Metric label of the cause.
+    pub cause: &'static str,
+}
+
+/// What the engine found for one object's images.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub pins: Vec<Pin>,
+    pub problems: Vec<Problem>,
+    pub already_pinned: usize,
+    pub excluded: usize,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let metrics = Arc::new(Metrics::default());
+        let excluded_images = crate::config::glob_set(&config.exclude.images)
+            .map_err(|e| Error::Config(format!("exclude.images: {e}")))?;
+        let resolver = Resolver::new(&config, metrics.clone())?;
+        Ok(Engine { config: Arc::new(config), resolver, metrics, excluded_images })
+    }
+
+    /// Deadline for a review: the config budget, capped by the API server's timeout less a margin.
+    pub fn deadline(&self, api_timeout: Option<Duration>) -> Instant {
+        let budget = match api_timeout {
+            Some(t) => self.config.resolve.budget.min(t.saturating_sub(self.config.resolve.margin)),
+            None => self.config.resolve.budget,
+        };
+        Instant::now() + budget
+    }
+
+    /// Resolves every unpinned, non-excluded image of `sites` by `deadline`.
+    pub async fn plan(&self, sites: Vec<Site>, keychain: &Arc<Keychain>, deadline: Instant) -> Plan {
+        let mut plan = Plan::default();
+        let mut wanted: Vec<(Site, Reference)> = Vec::new();
+        for site in sites {
+            match Reference::parse(&site.image) {
+                Err(e) => plan.problems.push(Problem { site, reason: e.to_string(), cause: "invalid_reference" }),
+                Ok(r) if r.is_pinned() => plan.already_pinned += 1,
+                Ok(r) if self.is_excluded(&site.image, &r) => plan.excluded += 1,
+                Ok(r) => wanted.push((site, r)),
+            }
+        }
+        let mut unique: Vec<&Reference> = wanted.iter().map(|(_, r)| r).collect();
+        unique.sort_by_key(|r| r.to_string());
+        unique.dedup();
+        let lookups = unique.iter().map(|r| self.resolver.resolve(r, keychain, deadline));
+        let results: HashMap<&Reference, Result<Resolved, Arc<Error>>> =
+            unique.iter().copied().zip(futures::future::join_all(lookups).await).collect();
+        for (site, reference) in &wanted {
+            match &results[reference] {
+                Ok(resolved) => plan.pins.push(Pin {
+                    pinned: reference::pin(&site.image, reference, &resolved.digest, self.config.resolve.keep_tag),
+                    digest: resolved.digest.clone(),
+                    stale: resolved.stale.clone(),
+                    site: site.clone(),
+                }),
+                Err(error) => plan.problems.push(Problem {
+                    site: site.clone(),
+                    reason: error.to_string(),
+                    cause: error.metric_label(),
+                }),
+            }
+        }
+        plan
+    }
+
+    pub fn is_excluded(&self, written: &str, reference: &Reference) -> bool {
+        !self.excluded_images.is_empty()
+            && (self.excluded_images.is_match(written) || self.excluded_images.is_match(reference.to_string()))
+    }
+}
+
+impl Plan {
+    /// `replace` ops for every pin, in site order.
+    pub fn patch(&self) -> json_patch::Patch {
+        json_patch::Patch(self.pins.iter().map(|p| patch::replace(&p.site.pointer, &p.pinned)).collect())
+    }
+}

@@ -1,0 +1,85 @@
+//! layerlink pins pod images to registry digests in the Kubernetes admission chain.
+//!
+//! A review flows `admission → policy → sites → resolve (cache → registry) → patch → response`;
+//! the same engine (`sites → resolve → patch`) serves the webhook and the offline front ends.
+
+pub mod admission;
+pub mod certs;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod patch;
+pub mod policy;
+pub mod reference;
+pub mod registry;
+pub mod resolve;
+pub mod server;
+pub mod sites;
+
+pub use config::Config;
+pub use engine::Engine;
+
+/// Everything that can go wrong, with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    InvalidReference(#[from] reference::ParseError),
+    #[error("{registry}: {what} not found ({message})")]
+    NotFound { registry: String, what: String, message: String },
+    #[error("{registry}: authentication failed: {message}")]
+    Unauthorized { registry: String, message: String },
+    #[error("{registry}: rate limited, retry after {retry_after_secs}s")]
+    RateLimited { registry: String, retry_after_secs: u64 },
+    #[error("{registry}: registry error: {message}")]
+    Registry { registry: String, message: String },
+    #[error("{registry}: {message}")]
+    Connect { registry: String, message: String },
+    #[error("{registry}: no answer within {after_ms}ms")]
+    Timeout { registry: String, after_ms: u128 },
+    #[error("{registry}: refused by the network guard: {reason}")]
+    Refused { registry: String, reason: String },
+    #[error("invalid AdmissionReview: {0}")]
+    Review(String),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("kubernetes: {0}")]
+    Kube(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A short, bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::InvalidReference(_) => "invalid_reference",
+            Error::NotFound { .. } => "not_found",
+            Error::Unauthorized { .. } => "unauthorized",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Registry { .. } => "registry_error",
+            Error::Connect { .. } => "connect",
+            Error::Timeout { .. } => "timeout",
+            Error::Refused { .. } => "refused",
+            Error::Review(_) => "invalid_review",
+            Error::Tls(_) => "tls",
+            Error::Kube(_) => "kubernetes",
+            Error::Io(_) => "io",
+        }
+    }
+
+    /// Whether a cached digest may stand in for a fresh answer (the registry, not the image, failed).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::RateLimited { .. } | Error::Registry { .. } | Error::Connect { .. } | Error::Timeout { .. }
+        )
+    }
+}
+
+/// Installs ring as the process-wide rustls provider (DESIGN decision 5). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,126 @@
+//! The `layerlink` command line.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use layerlink::{
+    Config, Engine, Error, admission::Edges, reference::Reference, registry::auth::Keychain, server::Server,
+};
+
+#[derive(Parser)]
+#[command(name = "layerlink", version, about = "Pins Kubernetes pod images to registry digests")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the admission webhook (HTTPS /mutate, /audit, /validate; HTTP /healthz, /readyz, /metrics).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print each image pinned to its digest; exit 1 if any cannot be resolved.
+    Resolve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key); print the base64 caBundle.
+    Certs {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// DNS names or IP addresses for the certificate.
+        #[arg(long = "dns", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    layerlink::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("layerlink: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, Error> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::parse(""),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Serve { config } => {
+            init_json_logs();
+            let engine = Arc::new(Engine::new(Config::load(&config)?)?);
+            Server { engine, edges: Edges::default() }.run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resolve { config, images } => {
+            init_text_logs();
+            let engine = Engine::new(load_config(config.as_ref())?)?;
+            let keychain = Arc::new(Keychain::default());
+            let deadline = std::time::Instant::now() + engine.config.resolve.request_timeout;
+            let mut failed = false;
+            for image in images {
+                let reference = match Reference::parse(&image) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{image}: {e}");
+                        failed = true;
+                        continue;
+                    }
+                };
+                if reference.is_pinned() {
+                    println!("{image}");
+                    continue;
+                }
+                match engine.resolver.resolve(&reference, &keychain, deadline).await {
+                    Ok(resolved) => println!(
+                        "{}",
+                        layerlink::reference::pin(&image, &reference, &resolved.digest, engine.config.resolve.keep_tag)
+                    ),
+                    Err(e) => {
+                        eprintln!("{image}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Certs { out, names } => {
+            let bundle = layerlink::certs::generate(&names)?;
+            layerlink::certs::write(&bundle, &out)?;
+            eprintln!("wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}", out.display(), names.join(", "));
+            println!("{}", bundle.ca_bundle());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_json_logs() {
+    tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(env_filter()).init();
+}
+
+fn init_text_logs() {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(env_filter_default("warn")).init();
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    env_filter_default("info")
+}
+
+fn env_filter_default(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("LAYERLINK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+}

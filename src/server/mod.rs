@@ -1,0 +1,63 @@
+//! `layerlink serve`: HTTPS admission endpoints on one port, health and metrics on another,
+//! graceful shutdown that drains in-flight reviews.
+
+pub mod routes;
+pub mod tls;
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{Engine, Error, admission::Edges};
+
+pub struct Server {
+    pub engine: Arc<Engine>,
+    pub edges: Edges,
+}
+
+impl Server {
+    /// Serves until SIGTERM or Ctrl-C, then stops accepting and drains for up to 25s.
+    pub async fn run(self) -> Result<(), Error> {
+        let config = self.engine.config.clone();
+        let tls = tls::load(&config.tls.cert_file, &config.tls.key_file).await?;
+        tokio::spawn(tls::watch(
+            tls.clone(),
+            config.tls.cert_file.clone(),
+            config.tls.key_file.clone(),
+            config.tls.reload_interval,
+            self.engine.metrics.clone(),
+        ));
+        let state = routes::State { engine: self.engine.clone(), edges: self.edges.clone(), ready: Default::default() };
+        let handle = axum_server::Handle::new();
+        let https = axum_server::bind_rustls(config.listen.https, tls)
+            .handle(handle.clone())
+            .serve(routes::admission(state.clone()).into_make_service());
+        let http_listener = tokio::net::TcpListener::bind(config.listen.http).await?;
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let http_shutdown = shutdown.clone();
+        let http = axum::serve(http_listener, routes::health(state.clone()))
+            .with_graceful_shutdown(async move { http_shutdown.notified().await });
+        tracing::info!(https = %config.listen.https, http = %config.listen.http, "serving");
+        state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        let signal_handle = handle.clone();
+        let signal_state = state.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight reviews");
+            signal_state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            signal_handle.graceful_shutdown(Some(Duration::from_secs(25)));
+            shutdown.notify_waiters();
+        });
+        let (https, http) = tokio::join!(https, http);
+        https?;
+        http?;
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}

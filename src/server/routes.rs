@@ -1,0 +1,95 @@
+//! HTTP routes: a thin layer that always answers an AdmissionReview (linkerd's shape).
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, RawQuery, State as Extract},
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::{get, post},
+};
+
+use crate::{Engine, admission, policy::Mode};
+
+/// Reviews above this are refused with 413 before they are read (the API server's own limit
+/// for an object is 3 MiB, plus the review around it).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct State {
+    pub engine: Arc<Engine>,
+    pub edges: admission::Edges,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The HTTPS router: `/mutate`, `/audit`, `/validate`.
+pub fn admission(state: State) -> Router {
+    Router::new()
+        .route("/mutate", post(|s, q, b| review(s, q, b, Mode::Enforce)))
+        .route("/audit", post(|s, q, b| review(s, q, b, Mode::Audit)))
+        .route("/validate", post(|s, q, b| review(s, q, b, Mode::Validate)))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// The plain HTTP router: `/healthz`, `/readyz`, `/metrics`.
+pub fn health(state: State) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|Extract(s): Extract<State>| async move {
+                if s.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|Extract(s): Extract<State>| async move {
+                (
+                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    s.engine.metrics.encode(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+async fn review(
+    Extract(state): Extract<State>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+    mode: Mode,
+) -> impl IntoResponse {
+    let api_timeout = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("timeout=")).and_then(parse_timeout));
+    let review = admission::handle(&state.engine, &state.edges, mode, &body, api_timeout).await;
+    let json = serde_json::to_vec(&review).expect("a review always serializes");
+    ([(header::CONTENT_TYPE, "application/json")], json)
+}
+
+/// `10s`, `3s`, `1500ms`: what the API server appends as `?timeout=`.
+fn parse_timeout(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_server_timeouts() {
+        assert_eq!(parse_timeout("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("x"), None);
+    }
+}
