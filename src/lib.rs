@@ -5,11 +5,14 @@
 
 pub mod admission;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod manifests;
 pub mod metrics;
 pub mod patch;
 pub mod policy;
+pub mod prepull;
 pub mod reference;
 pub mod registry;
 pub mod resolve;

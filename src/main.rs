@@ -36,6 +36,14 @@ enum Command {
         #[arg(long = "dns", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         names: Vec<String>,
     },
+    /// Pin images in multi-document YAML (Pods and workloads) and print it.
+    Mutate(layerlink::manifests::MutateArgs),
+    /// List running pods and workloads with unpinned images (read-only, uses the kubeconfig).
+    Audit(layerlink::cluster::audit::AuditArgs),
+    /// Layer-sharing report: layers, shared prefixes, suggested bases.
+    Layers(layerlink::prepull::layers::LayersArgs),
+    /// Render the pre-puller DaemonSet for the configured bases.
+    Prepuller(layerlink::prepull::daemonset::PrepullerArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +112,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             eprintln!("wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}", out.display(), names.join(", "));
             println!("{}", bundle.ca_bundle());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Mutate(args) => {
+            init_text_logs();
+            layerlink::manifests::mutate(args).await
+        }
+        Command::Audit(args) => {
+            init_text_logs();
+            layerlink::cluster::audit::run(args).await
+        }
+        Command::Layers(args) => {
+            init_text_logs();
+            layerlink::prepull::layers::run(args).await
+        }
+        Command::Prepuller(args) => {
+            init_text_logs();
+            layerlink::prepull::daemonset::run(args).await
         }
     }
 }

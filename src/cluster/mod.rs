@@ -1,0 +1,3 @@
+//! Kubernetes client edges: pull secrets, events, the `audit` command. (being written)
+
+pub mod audit;

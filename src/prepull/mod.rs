@@ -1,0 +1,4 @@
+//! Shared-base pre-pull. (being written)
+
+pub mod daemonset;
+pub mod layers;
