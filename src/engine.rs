@@ -19,6 +19,19 @@ use crate::{
     sites::Site,
 };
 
+/// When a review must have its answers, and the budget that set it (for messages).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: Instant,
+    pub budget: Duration,
+}
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Deadline { at: Instant::now() + budget, budget }
+    }
+}
+
 pub struct Engine {
     pub config: Arc<Config>,
     pub resolver: Arc<Resolver>,
@@ -64,16 +77,16 @@ impl Engine {
     }
 
     /// Deadline for a review: the config budget, capped by the API server's timeout less a margin.
-    pub fn deadline(&self, api_timeout: Option<Duration>) -> Instant {
+    pub fn deadline(&self, api_timeout: Option<Duration>) -> Deadline {
         let budget = match api_timeout {
             Some(t) => self.config.resolve.budget.min(t.saturating_sub(self.config.resolve.margin)),
             None => self.config.resolve.budget,
         };
-        Instant::now() + budget
+        Deadline::after(budget)
     }
 
     /// Resolves every unpinned, non-excluded image of `sites` by `deadline`.
-    pub async fn plan(&self, sites: Vec<Site>, keychain: &Arc<Keychain>, deadline: Instant) -> Plan {
+    pub async fn plan(&self, sites: Vec<Site>, keychain: &Arc<Keychain>, deadline: Deadline) -> Plan {
         let mut plan = Plan::default();
         let mut wanted: Vec<(Site, Reference)> = Vec::new();
         for site in sites {

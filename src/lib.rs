@@ -29,7 +29,7 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     InvalidReference(#[from] reference::ParseError),
-    #[error("{registry}: {what} not found ({message})")]
+    #[error("{what} not found at {registry} ({message})")]
     NotFound { registry: String, what: String, message: String },
     #[error("{registry}: authentication failed: {message}")]
     Unauthorized { registry: String, message: String },

@@ -78,7 +78,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             init_text_logs();
             let engine = Engine::new(load_config(config.as_ref())?)?;
             let keychain = Arc::new(Keychain::default());
-            let deadline = std::time::Instant::now() + engine.config.resolve.request_timeout;
+            let deadline = layerlink::engine::Deadline::after(engine.config.resolve.request_timeout);
             let mut failed = false;
             for image in images {
                 let reference = match Reference::parse(&image) {

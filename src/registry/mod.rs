@@ -66,6 +66,7 @@ pub struct Registries {
     blocked_until: Mutex<HashMap<String, Instant>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_concurrency: usize,
+    request_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -105,6 +106,7 @@ impl Registries {
             blocked_until: Mutex::default(),
             limits: Mutex::default(),
             max_concurrency: config.resolve.max_concurrency_per_registry,
+            request_timeout: config.resolve.request_timeout,
             metrics,
         })
     }
@@ -142,7 +144,7 @@ impl Registries {
         let response = check_status(&host, response, &what(reference, tag_or_digest)).await?;
         let media_type = content_type(&response);
         let header_digest = docker_content_digest(&response);
-        let body = response.bytes().await.map_err(|e| request_error(&host, e))?;
+        let body = response.bytes().await.map_err(|e| request_error(&host, e, self.request_timeout))?;
         let digest = header_digest.unwrap_or_else(|| sha256_digest(&body));
         Ok(Manifest { digest, media_type, body })
     }
@@ -178,10 +180,7 @@ impl Registries {
         let path = format!("/v2/{}/manifests/{tag}", reference.repository);
         let response = self.send(host, Method::HEAD, &path, &reference.repository, credential).await?;
         if response.status() == StatusCode::NOT_FOUND {
-            // HEAD has no body; a GET of a missing manifest says whether the repo or the tag is unknown.
-            let response = self.send(host, Method::GET, &path, &reference.repository, credential).await?;
-            check_status(host, response, &what(reference, tag)).await?;
-            return Err(not_found(host, reference, tag, "the registry answered 404".into()));
+            return Err(self.explain_not_found(host, reference, tag, credential).await);
         }
         let response = check_status(host, response, &what(reference, tag)).await?;
         if let Some(digest) = docker_content_digest(&response) {
@@ -190,8 +189,37 @@ impl Registries {
         // No Docker-Content-Digest: the digest is the sha256 of the manifest bytes.
         let response = self.send(host, Method::GET, &path, &reference.repository, credential).await?;
         let response = check_status(host, response, &what(reference, tag)).await?;
-        let body = response.bytes().await.map_err(|e| request_error(host, e))?;
+        let body = response.bytes().await.map_err(|e| request_error(host, e, self.request_timeout))?;
         Ok(sha256_digest(&body))
+    }
+
+    /// HEAD has no body, and distribution answers MANIFEST_UNKNOWN for unknown repositories too:
+    /// the tag list (not a pull) tells a missing repository from a missing tag.
+    async fn explain_not_found(
+        &self,
+        host: &str,
+        reference: &Reference,
+        tag: &str,
+        credential: Option<&Credential>,
+    ) -> Error {
+        let repository = &reference.repository;
+        let path = format!("/v2/{repository}/tags/list?n=1");
+        let missing_repo = match self.send(host, Method::GET, &path, repository, credential).await {
+            Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+                Some(error_message(&response.text().await.unwrap_or_default()))
+            }
+            _ => None,
+        };
+        match missing_repo {
+            Some(message) => {
+                Error::NotFound { registry: host.into(), what: format!("repository {repository}"), message }
+            }
+            None => Error::NotFound {
+                registry: host.into(),
+                what: format!("tag {tag} of {repository}"),
+                message: "MANIFEST_UNKNOWN".into(),
+            },
+        }
     }
 
     /// One request with the auth flow: a known challenge is answered up front, an unknown one
@@ -257,7 +285,7 @@ impl Registries {
             Err(_) => "error".into(),
         };
         self.record(host, method_label(&method), code, started.elapsed());
-        result.map_err(|e| request_error(host, e))
+        result.map_err(|e| request_error(host, e, self.request_timeout))
     }
 
     fn record(&self, host: &str, method: &'static str, code: String, elapsed: Duration) {
@@ -330,7 +358,7 @@ impl Registries {
         let result = request.send().await;
         let code = result.as_ref().map_or("error".to_string(), |r| r.status().as_u16().to_string());
         self.record(&realm_host, "GET", code, started.elapsed());
-        let response = result.map_err(|e| request_error(&realm_host, e))?;
+        let response = result.map_err(|e| request_error(&realm_host, e, self.request_timeout))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -477,10 +505,6 @@ fn what(reference: &Reference, tag_or_digest: &str) -> String {
     format!("{}/{}{sep}{tag_or_digest}", reference.registry, reference.repository)
 }
 
-fn not_found(host: &str, reference: &Reference, tag: &str, message: String) -> Error {
-    Error::NotFound { registry: host.into(), what: what(reference, tag), message }
-}
-
 fn docker_content_digest(response: &reqwest::Response) -> Option<String> {
     let value = response.headers().get("docker-content-digest")?.to_str().ok()?.trim();
     let hex = value.strip_prefix("sha256:")?;
@@ -503,7 +527,7 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn request_error(host: &str, e: reqwest::Error) -> Error {
+fn request_error(host: &str, e: reqwest::Error, timeout: Duration) -> Error {
     let mut chain = String::new();
     let mut source: Option<&dyn std::error::Error> = Some(&e);
     while let Some(err) = source {
@@ -518,7 +542,7 @@ fn request_error(host: &str, e: reqwest::Error) -> Error {
         return Error::Refused { registry: host.into(), reason };
     }
     if e.is_timeout() {
-        return Error::Timeout { registry: host.into(), after_ms: 0 };
+        return Error::Timeout { registry: host.into(), after_ms: timeout.as_millis() };
     }
     if e.is_connect() {
         return Error::Connect { registry: host.into(), message: format!("cannot connect: {}", chain) };

@@ -9,7 +9,7 @@ pub mod cache;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::{
@@ -20,6 +20,7 @@ use futures::{
 use self::cache::{DigestCache, Key, Lookup, Value};
 use crate::{
     Config, Error,
+    engine::Deadline,
     metrics::{Metrics, RegistryLabels},
     reference::Reference,
     registry::{Registries, auth::Keychain},
@@ -65,7 +66,7 @@ impl Resolver {
         self: &Arc<Self>,
         reference: &Reference,
         keychain: &Arc<Keychain>,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Resolved, Arc<Error>> {
         let key =
             Key { name: reference.to_string().into(), credential: self.registries.credential_id(reference, keychain) };
@@ -88,12 +89,12 @@ impl Resolver {
             }
         };
         let flight = self.flight(key, reference, keychain);
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let outcome = match tokio::time::timeout(budget, flight).await {
+        let outcome = match tokio::time::timeout_at(deadline.at.into(), flight).await {
             Ok(result) => result,
-            Err(_) => {
-                Err(Arc::new(Error::Timeout { registry: reference.registry.clone(), after_ms: budget.as_millis() }))
-            }
+            Err(_) => Err(Arc::new(Error::Timeout {
+                registry: reference.registry.clone(),
+                after_ms: deadline.budget.as_millis(),
+            })),
         };
         match (outcome, stale) {
             (Ok(digest), _) => Ok(Resolved { digest, stale: None }),

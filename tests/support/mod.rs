@@ -10,6 +10,7 @@ pub mod oci;
 pub mod proxy;
 pub mod registry;
 pub mod token;
+pub mod webhook;
 
 pub use oci::{Image, Index, Layer, Pushed, layer};
 pub use proxy::{Fault, Listener, Proxy};

@@ -1,0 +1,43 @@
+# layerlink: `make run` serves the webhook locally; `make test` runs every test.
+CARGO ?= cargo
+CONFIG ?= examples/config.yaml
+SELF_SIGNED := manifests/overlays/self-signed
+
+.PHONY: build run certs test lint e2e bench manifests clean-certs
+
+build:
+	$(CARGO) build --release --bin layerlink
+
+## Dev certificates for localhost/127.0.0.1 in certs/ (kept if present).
+certs: certs/tls.crt
+certs/tls.crt:
+	$(CARGO) run --quiet --release --bin layerlink -- certs --out certs --dns localhost --dns 127.0.0.1 >/dev/null
+
+## Serve the webhook with generated dev certs and an in-memory cache.
+run: build certs
+	./target/release/layerlink serve --config $(CONFIG)
+
+## Unit, integration (real registry) and manifest tests.
+test:
+	hack/test-deps.sh
+	$(CARGO) test --all-targets --no-fail-fast
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## End-to-end against a real kube-apiserver and etcd (built from Debian's packages, cached).
+e2e:
+	hack/test-deps.sh
+	bash tests/e2e/run.sh
+
+## Render the overlays into dist/ (self-signed certs generated on first use).
+manifests:
+	test -f $(SELF_SIGNED)/tls.crt || $(CARGO) run --quiet --release --bin layerlink -- certs --out $(SELF_SIGNED) \
+	    --dns layerlink.layerlink-system.svc --dns layerlink.layerlink-system.svc.cluster.local >/dev/null
+	mkdir -p dist
+	for o in self-signed cert-manager cluster-wide audit-only; do \
+	    kubectl kustomize manifests/overlays/$$o > dist/layerlink-$$o.yaml; done
+
+clean-certs:
+	rm -f certs/ca.crt certs/tls.crt certs/tls.key

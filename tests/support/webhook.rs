@@ -1,0 +1,171 @@
+//! A running `layerlink serve` (the real binary) with generated certificates, and a TLS client
+//! that verifies it against the generated CA.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+pub struct Webhook {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+/// A free loopback port (bound then released; the server binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `layerlink certs` into `dir`.
+pub fn make_certs(dir: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_layerlink"))
+        .args(["certs", "--out"])
+        .arg(dir)
+        .args(["--dns", "127.0.0.1", "--dns", "localhost"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "layerlink certs failed");
+}
+
+impl Webhook {
+    /// Starts the server with `extra` YAML appended to a config that sets listen and tls.
+    pub fn start(extra: &str) -> Webhook {
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path());
+        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "listen: {{ https: \"{https}\", http: \"{http}\" }}\ntls: {{ certFile: {0}/tls.crt, keyFile: {0}/tls.key, reloadInterval: 200ms }}\n{extra}\n",
+            dir.path().display()
+        );
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut webhook = Webhook { child: None, dir, https, http, config_path };
+        webhook.spawn();
+        webhook
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_layerlink"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .env("LAYERLINK_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.https).is_ok() && std::net::TcpStream::connect(self.http).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("layerlink serve exited with {status}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("layerlink serve did not listen: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.crt")).unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// A client that trusts only the generated CA.
+    pub fn client(&self) -> reqwest::Client {
+        client_trusting(&self.ca_pem())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.https)
+    }
+
+    /// POSTs a review and returns (HTTP status, body JSON or Null).
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self.client().post(self.url(path)).body(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn review(&self, path: &str, review: &Value) -> Value {
+        let (status, body) = self.post(path, serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["kind"], "AdmissionReview");
+        assert_eq!(body["response"]["uid"], review["request"]["uid"], "uid echoed");
+        body["response"].clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http)).await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
+    layerlink::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// The decoded JSON Patch of a response (empty when there is none).
+pub fn patch_of(response: &Value) -> json_patch::Patch {
+    match response["patch"].as_str() {
+        None => json_patch::Patch(vec![]),
+        Some(b64) => {
+            assert_eq!(response["patchType"], "JSONPatch");
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        }
+    }
+}
+
+/// `review` with its object replaced by `object` (a reinvocation on our own output).
+pub fn with_object(review: &Value, object: Value) -> Value {
+    let mut next = review.clone();
+    next["request"]["object"] = object;
+    next["request"]["uid"] = Value::String(format!("{}-again", review["request"]["uid"].as_str().unwrap()));
+    next
+}

@@ -1,0 +1,240 @@
+//! The webhook over TLS against a real registry: real fixture reviews with their images pointed
+//! at the test registry, the patch applied, every image pinned to the digest the registry serves.
+
+mod support;
+
+use std::time::Duration;
+
+use layerlink::admission::fixtures;
+use serde_json::{Value, json};
+use support::{
+    Fault, Proxy, Registry,
+    oci::{Image, layer},
+    webhook::{Webhook, patch_of, with_object},
+};
+
+fn image(seed: &str) -> Image {
+    Image::new(vec![layer(&[("etc/os-release", b"ID=test\n")]), layer(&[("app/id", seed.as_bytes())])])
+}
+
+fn registry_config(host: &str) -> String {
+    format!("registries: [{{ host: \"{host}\", plainHttp: true }}]\nresolve: {{ budget: 3s }}\n")
+}
+
+/// pod-create-multi with every unpinned image moved to `host`; pinned ones stay as they are.
+fn multi_review(host: &str) -> Value {
+    fixtures::with_images("pod-create-multi.json", |old| match old {
+        "busybox:1.36" => format!("{host}/library/busybox:1.36"),
+        "redis" => format!("{host}/library/redis"),
+        "ghcr.io/org/app:v1.2.3" => format!("{host}/org/app:v1.2.3"),
+        pinned => pinned.to_string(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pins_every_image_to_the_registry_digest() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let busybox = registry.push("library/busybox", "1.36", &image("busybox")).digest;
+    let redis = registry.push("library/redis", "latest", &image("redis")).digest;
+    let app = registry.push("org/app", "v1.2.3", &image("app")).digest;
+    assert_eq!(registry.manifest_digest("org/app", "v1.2.3").as_deref(), Some(app.as_str()));
+    let webhook = Webhook::start(&registry_config(&host));
+
+    let review = multi_review(&host);
+    let response = webhook.review("/mutate?timeout=10s", &review).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(response.get("warnings").is_none(), "{response}");
+
+    let patch = patch_of(&response);
+    let ops = serde_json::to_value(&patch).unwrap();
+    assert_eq!(
+        ops,
+        json!([
+            {"op": "replace", "path": "/spec/initContainers/0/image", "value": format!("{host}/library/busybox:1.36@{busybox}")},
+            {"op": "replace", "path": "/spec/containers/0/image", "value": format!("{host}/library/redis:latest@{redis}")},
+            {"op": "replace", "path": "/spec/containers/1/image", "value": format!("{host}/org/app:v1.2.3@{app}")},
+        ])
+    );
+
+    // Applied, the patch changes the image fields and nothing else.
+    let object = &review["request"]["object"];
+    let patched = layerlink::patch::apply(object, &patch).unwrap();
+    let mut expected = object.clone();
+    expected["spec"]["initContainers"][0]["image"] = json!(format!("{host}/library/busybox:1.36@{busybox}"));
+    expected["spec"]["containers"][0]["image"] = json!(format!("{host}/library/redis:latest@{redis}"));
+    expected["spec"]["containers"][1]["image"] = json!(format!("{host}/org/app:v1.2.3@{app}"));
+    assert_eq!(patched, expected);
+
+    // A reinvocation on our own output changes nothing.
+    let again = webhook.review("/mutate?timeout=10s", &with_object(&review, patched)).await;
+    assert_eq!(again["allowed"], true);
+    assert!(again.get("patch").is_none(), "second call must not patch: {again}");
+
+    let log = webhook.log();
+    assert!(log.contains(&review["request"]["uid"].as_str().unwrap().to_string()), "log has the uid: {log}");
+    assert!(log.contains("\"mode\":\"enforce\""), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reviews_of_one_new_tag_make_one_registry_lookup() {
+    let registry = Registry::start();
+    registry.push("team/fresh", "v1", &image("fresh"));
+    let proxy = Proxy::start(registry.addr());
+    let host = proxy.host();
+    let webhook = Webhook::start(&registry_config(&host));
+    let review = fixtures::with_images("pod-create-simple.json", |_| format!("{host}/team/fresh:v1"));
+
+    let client = webhook.client();
+    let body = serde_json::to_vec(&review).unwrap();
+    let requests = (0..200).map(|_| {
+        let (client, url, body) = (client.clone(), webhook.url("/mutate?timeout=10s"), body.clone());
+        async move { client.post(url).body(body).send().await.unwrap().json::<Value>().await.unwrap() }
+    });
+    let responses = futures::future::join_all(requests).await;
+    for response in &responses {
+        assert_eq!(patch_of(&response["response"]).0.len(), 1, "{response}");
+    }
+    assert_eq!(proxy.count("HEAD", "/v2/team/fresh/manifests/v1"), 1, "requests: {:?}", proxy.requests());
+    assert_eq!(proxy.count("GET", "/manifests/"), 0, "HEAD only");
+}
+
+/// Runs one review whose only container uses `image`, and returns the response.
+async fn review_of(webhook: &Webhook, image: &str) -> Value {
+    let review = fixtures::with_images("pod-create-simple.json", |_| image.to_string());
+    webhook.review("/mutate?timeout=10s", &review).await
+}
+
+fn warning(response: &Value) -> String {
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(response.get("patch").is_none(), "{response}");
+    let warnings = response["warnings"].as_array().unwrap_or_else(|| panic!("no warnings: {response}"));
+    assert_eq!(warnings.len(), 1, "{response}");
+    warnings[0].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_are_warnings_with_the_reason() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("app"));
+    let host = registry.host();
+    let hanging = Proxy::start(registry.addr());
+    hanging.set_fault(Fault::Hang);
+    let down = Proxy::start(registry.addr());
+    down.set_fault(Fault::Close);
+    let config = format!(
+        "registries: [{{ host: \"{host}\", plainHttp: true }}, {{ host: \"{}\", plainHttp: true }}, {{ host: \"{}\", plainHttp: true }}]\nresolve: {{ budget: 1s }}\n",
+        hanging.host(),
+        down.host()
+    );
+    let mut webhook = Webhook::start(&config);
+
+    let w = warning(&review_of(&webhook, &format!("{host}/team/nope:v1")).await);
+    assert!(w.contains("repository team/nope not found") && w.contains("NAME_UNKNOWN"), "unknown repo: {w}");
+    assert!(w.contains("not pinned"), "{w}");
+    let w = warning(&review_of(&webhook, &format!("{host}/team/app:v9")).await);
+    assert!(w.contains("tag v9 of team/app not found"), "unknown tag: {w}");
+    let w = warning(&review_of(&webhook, &format!("{}/team/app:v1", down.host())).await);
+    assert!(w.contains(&down.host()), "registry down: {w}");
+    let started = std::time::Instant::now();
+    let w = warning(&review_of(&webhook, &format!("{}/team/app:v1", hanging.host())).await);
+    assert!(w.contains("no answer within"), "hanging registry: {w}");
+    eprintln!("hanging registry answered in {:?} with a 1s budget", started.elapsed());
+    let w = warning(&review_of(&webhook, "Not/A:Valid:Ref").await);
+    assert!(w.contains("invalid image reference"), "{w}");
+
+    // The API server's ?timeout= caps the budget below the configured one.
+    let review = fixtures::with_images("pod-create-simple.json", |_| format!("{}/team/app:v2", hanging.host()));
+    let response = webhook.review("/mutate?timeout=1s", &review).await;
+    let w = warning(&response);
+    assert!(w.contains("no answer within 500ms"), "1s timeout less the 500ms margin: {w}");
+
+    // Still serving, and a good image still pins.
+    let ok = review_of(&webhook, &format!("{host}/team/app:v1")).await;
+    assert_eq!(patch_of(&ok).0.len(), 1, "{ok}");
+    assert!(webhook.is_running());
+    let metrics = webhook.metrics().await;
+    assert!(metrics.contains("layerlink_images_total{path=\"enforce\",result=\"unresolved\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_error_deny_refuses_with_the_reason() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("app"));
+    let host = registry.host();
+    let webhook = Webhook::start(&format!(
+        "registries: [{{ host: \"{host}\", plainHttp: true }}]\nresolve: {{ budget: 2s, onError: deny }}\n"
+    ));
+    let response = review_of(&webhook, &format!("{host}/team/app:missing")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["status"]["code"], 403);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("layerlink: cannot pin 1 image:"), "{message}");
+    assert!(message.contains("tag missing of team/app not found"), "{message}");
+    let response = review_of(&webhook, "nginx:-bad").await;
+    assert_eq!(response["allowed"], false);
+    assert!(response["status"]["message"].as_str().unwrap().contains("invalid image reference"));
+    let ok = review_of(&webhook, &format!("{host}/team/app:v1")).await;
+    assert_eq!(ok["allowed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bodies_get_a_review_back() {
+    let webhook = Webhook::start("");
+
+    let (status, body) = webhook.post("/mutate", b"this is not json".to_vec()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["response"]["allowed"], false);
+    assert_eq!(body["response"]["status"]["code"], 400);
+    assert!(body["response"]["status"]["message"].as_str().unwrap().contains("not an AdmissionReview"), "{body}");
+
+    let (status, body) = webhook.post("/mutate", br#"{"apiVersion":"v1","kind":"Pod"}"#.to_vec()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["response"]["allowed"], false, "{body}");
+
+    let mut review = fixtures::json("pod-create-simple.json");
+    review["request"]["object"] = json!({"kind": "ConfigMap", "data": {"image": "nginx"}});
+    review["request"]["kind"]["kind"] = json!("ConfigMap");
+    let response = webhook.review("/mutate", &review).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none());
+
+    let mut big = fixtures::json("pod-create-simple.json");
+    big["request"]["object"]["metadata"]["annotations"] = json!({"filler": "x".repeat(5 * 1024 * 1024)});
+    let (status, _) = webhook.post("/mutate", serde_json::to_vec(&big).unwrap()).await;
+    assert_eq!(status, 413, "oversized body refused");
+
+    let health = reqwest::get(format!("http://{}/healthz", webhook.http)).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("http://{}/readyz", webhook.http)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_certificates_are_served_to_new_connections() {
+    let webhook = Webhook::start("");
+    let old_client = webhook.client();
+    let review = fixtures::json("pod-create-simple.json");
+    assert_eq!(old_client.post(webhook.url("/mutate")).json(&review).send().await.unwrap().status(), 200);
+
+    let rotated = tempfile::tempdir().unwrap();
+    support::webhook::make_certs(rotated.path());
+    for file in ["tls.key", "tls.crt"] {
+        let tmp = webhook.dir.path().join(format!(".{file}.new"));
+        std::fs::copy(rotated.path().join(file), &tmp).unwrap();
+        std::fs::rename(&tmp, webhook.dir.path().join(file)).unwrap();
+    }
+    let new_client = support::webhook::client_trusting(&std::fs::read(rotated.path().join("ca.crt")).unwrap());
+    let mut served_new = false;
+    for _ in 0..100 {
+        if new_client.post(webhook.url("/mutate")).json(&review).send().await.is_ok() {
+            served_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served_new, "the new certificate was never served: {}", webhook.log());
+    // A fresh connection that trusts only the old CA now fails.
+    let fresh_old = support::webhook::client_trusting(&webhook.ca_pem());
+    assert!(fresh_old.post(webhook.url("/mutate")).json(&review).send().await.is_err());
+}
