@@ -71,7 +71,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Serve { config } => {
             init_json_logs();
             let engine = Arc::new(Engine::new(Config::load(&config)?)?);
-            Server { engine, edges: Edges::default() }.run().await?;
+            Server { engine, edges: cluster_edges().await }.run().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Resolve { config, images } => {
@@ -128,6 +128,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Prepuller(args) => {
             init_text_logs();
             layerlink::prepull::daemonset::run(args).await
+        }
+    }
+}
+
+/// Pull secrets and audit events when a cluster is reachable (in-cluster or kubeconfig);
+/// without one the webhook still pins, with `registries[].credentialsFile` credentials only.
+async fn cluster_edges() -> Edges {
+    match kube::Client::try_default().await {
+        Ok(client) => {
+            tracing::info!("kubernetes client ready: pull secrets and audit events enabled");
+            Edges {
+                credentials: Some(Arc::new(layerlink::cluster::secrets::PullSecrets::new(client.clone()))),
+                reporter: Some(layerlink::cluster::events::AuditEvents::new(client)),
+            }
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "no kubernetes client: pull secrets and audit events disabled");
+            Edges::default()
         }
     }
 }

@@ -101,11 +101,21 @@ async fn decide(
     if mode == Mode::Validate {
         return validate(engine, request, sites);
     }
+    let deadline = engine.deadline(api_timeout);
     let keychain = match &edges.credentials {
-        Some(credentials) if !sites.is_empty() => credentials.keychain(request).await,
+        // Reading pull secrets shares the review's budget; without them the lookup is anonymous.
+        Some(credentials) if !sites.is_empty() => {
+            match tokio::time::timeout_at(deadline.at.into(), credentials.keychain(request)).await {
+                Ok(keychain) => keychain,
+                Err(_) => {
+                    tracing::warn!(uid, "pull secrets not read within the budget; resolving without them");
+                    Arc::default()
+                }
+            }
+        }
         _ => Arc::default(),
     };
-    let plan = engine.plan(sites, &keychain, engine.deadline(api_timeout)).await;
+    let plan = engine.plan(sites, &keychain, deadline).await;
     record_images(engine, mode, &plan);
     match mode {
         Mode::Enforce => enforce(engine, request, &plan),

@@ -1,3 +1,5 @@
-//! Kubernetes client edges: pull secrets, events, the `audit` command. (being written)
+//! Kubernetes client edges: pull secrets, audit events, the `audit` command.
 
 pub mod audit;
+pub mod events;
+pub mod secrets;

@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# tests/e2e/cluster.sh: a throwaway control plane (etcd + kube-apiserver v1.20.2) on loopback.
+#
+# Usage:
+#   tests/e2e/cluster.sh up   DIR   start etcd and kube-apiserver, wait until ready
+#   tests/e2e/cluster.sh down DIR   stop exactly the processes that `up DIR` started (idempotent)
+#   tests/e2e/cluster.sh env  DIR   print `export VAR=...` lines; use: eval "$(cluster.sh env DIR)"
+#
+# There is no controller-manager, scheduler or kubelet: pods stay Pending, deleted namespaces
+# stay Terminating, no ServiceAccount/token objects are created. Objects are stored as the
+# API server admits them, which is what a webhook test needs.
+#
+# `up DIR` creates DIR if needed and (re)initialises it; refuses if DIR's processes still run.
+# On any failure it stops what it started, prints the log tails and exits non-zero.
+# Files written in DIR:
+#   kubeconfig                  admin kubeconfig (static bearer token, user in system:masters,
+#                               CA embedded; context `layerlink-e2e`)
+#   env                         the same lines `env DIR` prints
+#   etcd.pid  kube-apiserver.pid   PIDs (removed by `down`)
+#   etcd.log  kube-apiserver.log   logs
+#   etcd-data/                  etcd data directory
+#   pki/ca.{crt,key}            cluster CA (also signs the serving cert; fine for webhook certs too)
+#   pki/apiserver.{crt,key}     serving cert, SANs 127.0.0.1, localhost, 10.0.0.1, kubernetes.*
+#   pki/sa.{key,pub}            service-account signing key pair
+#   pki/tokens.csv              static token file: admin token, user `admin`, group system:masters
+#   apiserver.args              the exact kube-apiserver command line, one argument per line
+#   audit.log  audit-policy.yaml   audit events (JSON lines) for every non-read request at level
+#                               Request; webhook auditAnnotations appear as
+#                               .annotations["<webhook name>/<key>"]
+#
+# Variables printed by `env DIR` (and stored in DIR/env):
+#   KUBECONFIG                    DIR/kubeconfig
+#   LAYERLINK_E2E_APISERVER_URL   https://127.0.0.1:<port>
+#   LAYERLINK_E2E_CA_FILE         DIR/pki/ca.crt
+#   LAYERLINK_E2E_TOKEN           the admin bearer token
+#   LAYERLINK_E2E_ETCD_URL        http://127.0.0.1:<port>
+#   LAYERLINK_E2E_AUDIT_LOG       DIR/audit.log
+#
+# Environment read by `up`:
+#   LAYERLINK_E2E_KUBE_APISERVER     kube-apiserver binary (default: built/cached by apiserver.sh)
+#   LAYERLINK_E2E_CACHE, LAYERLINK_E2E_K8S_VERSION   passed through to apiserver.sh
+#   LAYERLINK_E2E_ETCD               etcd binary (default: `etcd` on PATH, installed by apiserver.sh)
+#   LAYERLINK_E2E_ADMISSION_PLUGINS  --enable-admission-plugins
+#                                    (default NamespaceLifecycle,MutatingAdmissionWebhook,
+#                                    ValidatingAdmissionWebhook, plus PodSecurity when the binary
+#                                    has it: v1.20.2 does not, PodSecurityPolicy stays off)
+#   LAYERLINK_E2E_DISABLE_ADMISSION_PLUGINS  --disable-admission-plugins (default ServiceAccount)
+#   LAYERLINK_E2E_APISERVER_EXTRA_ARGS  extra kube-apiserver arguments (word-split)
+#   LAYERLINK_E2E_READY_TIMEOUT      seconds to wait for /readyz (default 90)
+#
+# Needs: bash, openssl, python3 (free ports), kubectl (readiness check), etcd.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROCS=(kube-apiserver etcd)   # stop order
+
+log() { printf '[cluster.sh] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+usage() { sed -n '2,7p' "${BASH_SOURCE[0]}" >&2; exit 2; }
+
+# pid_of DIR NAME: print the PID from DIR/NAME.pid if that process is alive and is ours
+# (its command line mentions DIR, so a recycled PID is never touched).
+pid_of() {
+  local dir=$1 name=$2 pid cmdline
+  [[ -f $dir/$name.pid ]] || return 1
+  pid=$(<"$dir/$name.pid")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+  [[ $cmdline == *"$dir/"* ]] || return 1
+  # A zombie (exited, not yet reaped) counts as gone.
+  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z) != Z ]] || return 1
+  printf '%s\n' "$pid"
+}
+
+stop_one() {
+  local dir=$1 name=$2 pid i
+  if pid=$(pid_of "$dir" "$name"); then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+      pid_of "$dir" "$name" >/dev/null || break
+      sleep 0.1
+    done
+    if pid_of "$dir" "$name" >/dev/null; then
+      log "$name (pid $pid) did not stop in 15s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do
+        pid_of "$dir" "$name" >/dev/null || break
+        sleep 0.1
+      done
+    fi
+    # Reap it if it is our own child (up's error path); harmless otherwise.
+    wait "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/$name.pid"
+}
+
+cmd_down() {
+  local dir=$1 name
+  [[ -d $dir ]] || return 0
+  for name in "${PROCS[@]}"; do stop_one "$dir" "$name"; done
+}
+
+# free_ports N: print N distinct free TCP ports on 127.0.0.1.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+gen_pki() {
+  local pki=$1
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    umask 077
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+      -keyout ca.key -out ca.crt -subj "/CN=layerlink-e2e-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver.key -out apiserver.csr \
+      -subj "/CN=kube-apiserver" 2>/dev/null
+    cat >apiserver.ext <<'EOF'
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+EOF
+    openssl x509 -req -sha256 -days 3650 -in apiserver.csr -CA ca.crt -CAkey ca.key \
+      -CAcreateserial -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    printf '%s,admin,admin,"system:masters"\n' "$(openssl rand -hex 24)" >tokens.csv
+    rm -f apiserver.csr apiserver.ext ca.srl
+    chmod 0644 ca.crt apiserver.crt sa.pub
+  )
+}
+
+write_kubeconfig() {
+  local dir=$1 url=$2 token=$3 ca_b64
+  ca_b64=$(base64 -w0 <"$dir/pki/ca.crt")
+  : >"$dir/kubeconfig"
+  chmod 600 "$dir/kubeconfig"
+  cat >"$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: layerlink-e2e
+  cluster:
+    server: $url
+    certificate-authority-data: $ca_b64
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: layerlink-e2e
+  context: {cluster: layerlink-e2e, user: admin}
+current-context: layerlink-e2e
+EOF
+}
+
+show_logs() {
+  local dir=$1 name
+  for name in etcd kube-apiserver; do
+    if [[ -f $dir/$name.log ]]; then
+      log "---- last lines of $dir/$name.log"
+      tail -n 20 "$dir/$name.log" >&2 || true
+    fi
+  done
+}
+
+up_failed() {
+  local rc=$?
+  trap - EXIT INT TERM
+  log "up failed (exit $rc): stopping what was started"
+  show_logs "$UP_DIR"
+  cmd_down "$UP_DIR"
+  exit "$rc"
+}
+
+cmd_up() {
+  local dir=$1 name
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  for name in "${PROCS[@]}"; do
+    if pid_of "$dir" "$name" >/dev/null; then
+      die "$name from an earlier 'up $dir' is still running; run 'down $dir' first"
+    fi
+  done
+
+  # Any failure from here on (set -e, die, SIGINT/SIGTERM) stops what was started.
+  UP_DIR=$dir
+  trap up_failed EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+
+  local apiserver etcd_bin
+  if [[ -n ${LAYERLINK_E2E_KUBE_APISERVER:-} ]]; then
+    apiserver=$LAYERLINK_E2E_KUBE_APISERVER
+    command -v "${LAYERLINK_E2E_ETCD:-etcd}" >/dev/null 2>&1 || "$SCRIPT_DIR/apiserver.sh" >/dev/null
+  else
+    apiserver=$("$SCRIPT_DIR/apiserver.sh" | tail -n1)
+  fi
+  [[ -x $apiserver ]] || die "kube-apiserver binary not found: $apiserver"
+  etcd_bin=$(command -v "${LAYERLINK_E2E_ETCD:-etcd}") || die "etcd not found"
+  command -v kubectl >/dev/null 2>&1 || die "kubectl not found"
+
+  rm -rf "$dir/etcd-data" "$dir/pki" "$dir/apiserver-certs"
+  rm -f "$dir"/*.pid "$dir"/*.log "$dir/kubeconfig" "$dir/env" "$dir/apiserver.args" \
+    "$dir/audit-policy.yaml"
+  gen_pki "$dir/pki"
+  local token
+  token=$(cut -d, -f1 "$dir/pki/tokens.csv")
+
+  local etcd_port peer_port api_port
+  read -r etcd_port peer_port api_port < <(free_ports 3)
+  local etcd_url=http://127.0.0.1:$etcd_port api_url=https://127.0.0.1:$api_port
+
+  log "starting etcd on $etcd_url"
+  "$etcd_bin" --name layerlink-e2e --data-dir "$dir/etcd-data" \
+    --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "layerlink-e2e=http://127.0.0.1:$peer_port" \
+    --initial-cluster-state new --logger zap --log-outputs stderr \
+    >"$dir/etcd.log" 2>&1 </dev/null &
+  echo $! >"$dir/etcd.pid"
+
+  local i
+  for ((i = 0; i < 100; i++)); do
+    pid_of "$dir" etcd >/dev/null || die "etcd exited"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$etcd_port") 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+
+  # Audit log: every write (create/update/patch/delete...) at level Request, reads not at all.
+  # Webhook auditAnnotations land in .annotations as "<webhook name>/<key>", and the
+  # mutation.webhook.admission.k8s.io/round_R_index_I annotations record each webhook call.
+  cat >"$dir/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  verbs: [get, list, watch]
+- level: None
+  nonResourceURLs: ["*"]
+- level: Request
+EOF
+
+  # PodSecurity (admission plugin since 1.22) joins the list if this binary has it; v1.20.2 does
+  # not (it only has PodSecurityPolicy, which stays off). The EphemeralContainers gate is passed
+  # only if the binary still knows it.
+  local help plugins=${LAYERLINK_E2E_ADMISSION_PLUGINS:-NamespaceLifecycle,MutatingAdmissionWebhook,ValidatingAdmissionWebhook}
+  local -a gates=()
+  help=$("$apiserver" --help 2>&1 || true)
+  if [[ -z ${LAYERLINK_E2E_ADMISSION_PLUGINS:-} ]] && grep -Eq '[ ,]PodSecurity[,. ]' <<<"$help"; then
+    plugins+=,PodSecurity
+  fi
+  if grep -q 'EphemeralContainers=true|false' <<<"$help"; then
+    gates=(--feature-gates=EphemeralContainers=true)
+  fi
+
+  local -a args=(
+    --etcd-servers="$etcd_url"
+    --bind-address=127.0.0.1
+    --advertise-address=127.0.0.1
+    --secure-port="$api_port"
+    --insecure-port=0
+    --cert-dir="$dir/apiserver-certs"
+    --tls-cert-file="$dir/pki/apiserver.crt"
+    --tls-private-key-file="$dir/pki/apiserver.key"
+    --client-ca-file="$dir/pki/ca.crt"
+    --token-auth-file="$dir/pki/tokens.csv"
+    --authorization-mode=RBAC
+    --service-account-key-file="$dir/pki/sa.pub"
+    --service-account-signing-key-file="$dir/pki/sa.key"
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local
+    --api-audiences=https://kubernetes.default.svc.cluster.local
+    --service-cluster-ip-range=10.0.0.0/24
+    --endpoint-reconciler-type=none
+    --enable-admission-plugins="$plugins"
+    --disable-admission-plugins="${LAYERLINK_E2E_DISABLE_ADMISSION_PLUGINS:-ServiceAccount}"
+    "${gates[@]}"
+    --allow-privileged=true
+    --audit-policy-file="$dir/audit-policy.yaml"
+    --audit-log-path="$dir/audit.log"
+  )
+  if [[ -n ${LAYERLINK_E2E_APISERVER_EXTRA_ARGS:-} ]]; then
+    local -a extra
+    read -r -a extra <<<"$LAYERLINK_E2E_APISERVER_EXTRA_ARGS"
+    args+=("${extra[@]}")
+  fi
+  printf '%s\n' "$apiserver" "${args[@]}" >"$dir/apiserver.args"
+
+  log "starting kube-apiserver on $api_url"
+  "$apiserver" "${args[@]}" >"$dir/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$dir/kube-apiserver.pid"
+
+  write_kubeconfig "$dir" "$api_url" "$token"
+  {
+    printf 'export KUBECONFIG=%q\n' "$dir/kubeconfig"
+    printf 'export LAYERLINK_E2E_APISERVER_URL=%q\n' "$api_url"
+    printf 'export LAYERLINK_E2E_CA_FILE=%q\n' "$dir/pki/ca.crt"
+    printf 'export LAYERLINK_E2E_TOKEN=%q\n' "$token"
+    printf 'export LAYERLINK_E2E_ETCD_URL=%q\n' "$etcd_url"
+    printf 'export LAYERLINK_E2E_AUDIT_LOG=%q\n' "$dir/audit.log"
+  } >"$dir/env"
+
+  local timeout=${LAYERLINK_E2E_READY_TIMEOUT:-90} start=$SECONDS out=""
+  while :; do
+    for name in "${PROCS[@]}"; do
+      pid_of "$dir" "$name" >/dev/null || die "$name exited during startup"
+    done
+    out=$(kubectl --kubeconfig "$dir/kubeconfig" --request-timeout=5s get --raw /readyz 2>&1 || true)
+    if [[ $out == ok ]] \
+      && kubectl --kubeconfig "$dir/kubeconfig" --request-timeout=5s get namespace default \
+           -o name >/dev/null 2>&1; then
+      break
+    fi
+    ((SECONDS - start < timeout)) || die "not ready after ${timeout}s; last /readyz: $out"
+    sleep 0.5
+  done
+  trap - EXIT INT TERM
+  log "ready in $((SECONDS - start))s: $api_url (KUBECONFIG=$dir/kubeconfig)"
+}
+
+main() {
+  [[ $# -eq 2 ]] || usage
+  local verb=$1 dir=$2
+  case $verb in
+    up) cmd_up "$dir" ;;
+    down)
+      [[ -d $dir ]] || exit 0
+      cmd_down "$(cd "$dir" && pwd)" ;;
+    env)
+      [[ -f $dir/env ]] || die "$dir/env not found; run 'up $dir' first"
+      cat "$dir/env" ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

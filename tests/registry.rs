@@ -1,0 +1,263 @@
+//! The resolver against real registries: basic auth, bearer tokens, TLS with a private CA,
+//! mirrors, credential isolation, faults (outage, 429, hangs) and the SSRF guard.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use layerlink::{
+    Config, Engine, Error,
+    engine::Deadline,
+    reference::Reference,
+    registry::auth::{Credential, Keychain},
+};
+use support::{
+    Auth, Fault, Listener, Proxy, Registry, RegistryOptions, TokenOptions, TokenServer,
+    oci::{Image, layer},
+};
+
+fn image(seed: &str) -> Image {
+    Image::new(vec![layer(&[("id", seed.as_bytes())])])
+}
+
+fn engine(yaml: &str) -> Engine {
+    layerlink::install_crypto_provider();
+    Engine::new(Config::parse(yaml).unwrap()).unwrap()
+}
+
+fn keychain(host: &str, user: &str, password: &str) -> Arc<Keychain> {
+    let json = layerlink::cluster::secrets::dockerconfigjson(host, user, password);
+    Arc::new(Keychain::parse(json.as_bytes()).unwrap().keychain)
+}
+
+async fn resolve(engine: &Engine, image: &str, keychain: &Arc<Keychain>) -> Result<String, Arc<Error>> {
+    let reference = Reference::parse(image).unwrap();
+    let deadline = Deadline::after(Duration::from_secs(5));
+    engine.resolver.resolve(&reference, keychain, deadline).await.map(|r| r.digest.to_string())
+}
+
+fn credentials_file(dir: &std::path::Path, host: &str, user: &str, password: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{user}.json"));
+    std::fs::write(&path, layerlink::cluster::secrets::dockerconfigjson(host, user, password)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_with_a_credentials_file() {
+    let registry = Registry::start_with(RegistryOptions {
+        auth: Auth::Htpasswd { user: "alice".into(), password: "s3cret".into() },
+        tls: false,
+    });
+    let digest = registry.push("team/app", "v1", &image("basic")).digest;
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let good = credentials_file(dir.path(), &host, "alice", "s3cret");
+    let e =
+        engine(&format!("registries: [{{ host: '{host}', plainHttp: true, credentialsFile: '{}' }}]", good.display()));
+    assert_eq!(resolve(&e, &format!("{host}/team/app:v1"), &Arc::default()).await.unwrap(), digest);
+
+    // Without credentials: the registry's refusal, not a digest.
+    let anonymous = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    let err = resolve(&anonymous, &format!("{host}/team/app:v1"), &Arc::default()).await.unwrap_err();
+    assert!(err.to_string().contains("requires credentials"), "{err}");
+
+    // A wrong password: the registry's error message.
+    let wrong = keychain(&host, "alice", "wrong");
+    let err = resolve(&anonymous, &format!("{host}/team/app:v1"), &wrong).await.unwrap_err();
+    assert!(matches!(*err, Error::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains("401"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_fetched_once_per_scope_and_credential() {
+    let tokens = TokenServer::start_with(TokenOptions { anonymous_pull: false, ..Default::default() });
+    let (user, password) = tokens.credentials();
+    let registry = Registry::start_with(RegistryOptions { auth: Auth::Token(tokens), tls: false });
+    let mut digests = Vec::new();
+    for tag in ["v1", "v2", "v3"] {
+        digests.push(registry.push("team/app", tag, &image(tag)).digest);
+    }
+    let host = registry.host();
+    let tokens = registry.token_server().unwrap();
+    tokens.reset_counts();
+    let e = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    let creds = keychain(&host, &user, &password);
+
+    // Many concurrent lookups of tags of one repository: one token for the scope.
+    let lookups = (0..30).map(|i| {
+        let (e, creds) = (&e, creds.clone());
+        let tag = ["v1", "v2", "v3"][i % 3];
+        async move { resolve(e, &format!("{}/team/app:{tag}", e.config.registries[0].host), &creds).await }
+    });
+    let results = futures::future::join_all(lookups).await;
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.as_ref().unwrap(), &digests[i % 3]);
+    }
+    assert_eq!(tokens.requests(), 1, "{:?}", tokens.request_log());
+
+    // A wrong password is refused with the token server's answer, never retried anonymously.
+    let wrong = keychain(&host, &user, "wrong");
+    let err = resolve(&e, &format!("{host}/team/app:v1"), &wrong).await.unwrap_err();
+    assert!(err.to_string().contains("token request refused (401"), "{err}");
+    let log = tokens.request_log();
+    assert!(log.iter().all(|r| r.user.is_some()), "no anonymous token request: {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_registry_with_a_private_ca() {
+    let registry = Registry::start_with(RegistryOptions { auth: Auth::None, tls: true });
+    let digest = registry.push("team/app", "v1", &image("tls")).digest;
+    let host = registry.host();
+    let ca = registry.ca_file().unwrap();
+    let e = engine(&format!("registries: [{{ host: '{host}', caFile: '{}' }}]", ca.display()));
+    assert_eq!(resolve(&e, &format!("{host}/team/app:v1"), &Arc::default()).await.unwrap(), digest);
+
+    let untrusting = engine(&format!("registries: [{{ host: '{host}' }}]"));
+    let err = resolve(&untrusting, &format!("{host}/team/app:v1"), &Arc::default()).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirrors_first_then_upstream() {
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("mirror")).digest;
+    let mirror = Proxy::start(registry.addr());
+    let upstream = Proxy::start(registry.addr());
+    let e = engine(&format!(
+        "registries: [{{ host: '{0}', plainHttp: true, mirrors: ['{1}'] }}, {{ host: '{1}', plainHttp: true }}]\ncache: {{ ttl: 1ms, staleIfError: 1ms }}",
+        upstream.host(),
+        mirror.host()
+    ));
+    let image = format!("{}/team/app:v1", upstream.host());
+    assert_eq!(resolve(&e, &image, &Arc::default()).await.unwrap(), digest);
+    assert_eq!((mirror.count("HEAD", "/manifests/v1"), upstream.count("", "/v2/")), (1, 0));
+
+    mirror.set_fault(Fault::Close);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(resolve(&e, &image, &Arc::default()).await.unwrap(), digest);
+    assert_eq!(upstream.count("HEAD", "/manifests/v1"), 1, "the upstream answered after the mirror failed");
+    let metrics = e.metrics.encode();
+    assert!(
+        metrics.contains(&format!("layerlink_registry_answers_total{{registry=\"{}\"}} 1", mirror.host())),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("layerlink_registry_answers_total{{registry=\"{}\"}} 1", upstream.host())),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_never_cross_namespaces() {
+    let registry = Registry::start_with(RegistryOptions {
+        auth: Auth::Htpasswd { user: "team-a".into(), password: "pw-a".into() },
+        tls: false,
+    });
+    let digest = registry.push("team/app", "v1", &image("isolated")).digest;
+
+    let proxy = Proxy::start(registry.addr());
+    let e = engine(&format!("registries: [{{ host: '{}', plainHttp: true }}]", proxy.host()));
+    let image = format!("{}/team/app:v1", proxy.host());
+    let namespace_a = keychain(&proxy.host(), "team-a", "pw-a");
+    assert_eq!(resolve(&e, &image, &namespace_a).await.unwrap(), digest);
+
+    // Namespace B has no secret: A's cached digest and A's credentials are not used for it.
+    let namespace_b: Arc<Keychain> = Arc::default();
+    let err = resolve(&e, &image, &namespace_b).await.unwrap_err();
+    assert!(matches!(*err, Error::Unauthorized { .. }), "{err}");
+    let a_auth = Credential { username: "team-a".into(), password: "pw-a".into() }.basic_header();
+    let requests = proxy.requests();
+    let sent_a = requests.iter().filter(|(_, _, auth)| auth.as_deref() == Some(a_auth.as_str())).count();
+    assert_eq!(sent_a, 1, "A's credentials sent only for A's lookup: {requests:?}");
+    assert_eq!(requests.len(), 2, "A: 401, then with A's credentials; B: nothing to send: {requests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_helpers_in_a_secret_are_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    for helper in ["docker-credential-evil", "evil"] {
+        let script = dir.path().join(helper);
+        std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe { std::env::set_var("PATH", path) };
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("helpers"));
+    let host = registry.host();
+    let secret = format!(r#"{{"auths": {{}}, "credsStore": "evil", "credHelpers": {{"{host}": "evil"}}}}"#);
+    let parsed = Keychain::parse(secret.as_bytes()).unwrap();
+    assert!(!parsed.warnings.is_empty());
+    let e = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    resolve(&e, &format!("{host}/team/app:v1"), &Arc::new(parsed.keychain)).await.unwrap();
+    assert!(!marker.exists(), "a credential helper was executed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_tag_keeps_pinning_through_an_outage() {
+    let mut registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("outage")).digest;
+    let host = registry.host();
+    let e = engine(&format!(
+        "registries: [{{ host: '{host}', plainHttp: true }}]\ncache: {{ ttl: 50ms, staleIfError: 1h }}\nresolve: {{ connectTimeout: 500ms }}"
+    ));
+    let image = format!("{host}/team/app:v1");
+    assert_eq!(resolve(&e, &image, &Arc::default()).await.unwrap(), digest);
+    registry.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reference = Reference::parse(&image).unwrap();
+    let resolved =
+        e.resolver.resolve(&reference, &Arc::default(), Deadline::after(Duration::from_secs(2))).await.unwrap();
+    assert_eq!(&*resolved.digest, digest.as_str());
+    let why = resolved.stale.expect("served stale");
+    assert!(why.starts_with("cached") && why.contains(&host), "{why}");
+    assert!(e.metrics.encode().contains("layerlink_stale_served_total"), "stale serving is counted");
+
+    // Back up: the next lookup revalidates and is fresh again.
+    registry.restart();
+    let fresh = e.resolver.resolve(&reference, &Arc::default(), Deadline::after(Duration::from_secs(5))).await.unwrap();
+    assert_eq!(fresh.stale, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_registry_gets_no_requests_inside_the_window() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("429"));
+    let proxy = Proxy::start(registry.addr());
+    proxy.set_fault(Fault::Status { code: 429, retry_after: Some(30) });
+    let e = engine(&format!("registries: [{{ host: '{}', plainHttp: true }}]", proxy.host()));
+    let err = resolve(&e, &format!("{}/team/app:v1", proxy.host()), &Arc::default()).await.unwrap_err();
+    assert!(err.to_string().contains("rate limited, retry after 30s"), "{err}");
+    proxy.set_fault(Fault::None);
+    for tag in ["v1", "v2", "v3"] {
+        let err = resolve(&e, &format!("{}/team/app:{tag}", proxy.host()), &Arc::default()).await.unwrap_err();
+        assert!(matches!(*err, Error::RateLimited { .. }), "{err}");
+    }
+    assert_eq!(proxy.count("", "/v2/"), 1, "one request, then none inside the Retry-After window");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssrf_guard_refuses_before_connecting() {
+    let listener = Listener::start();
+    let port = listener.addr().port();
+    let e = engine("");
+    // Loopback not configured as a registry.
+    let err = resolve(&e, &format!("127.0.0.1:{port}/x:y"), &Arc::default()).await.unwrap_err();
+    assert!(matches!(*err, Error::Refused { .. }) && err.to_string().contains("loopback"), "{err}");
+    // A name that resolves to a denied address.
+    let denying = engine("network: { denyCidrs: ['127.0.0.0/8', '::1/128'] }");
+    let err = resolve(&denying, &format!("localhost:{port}/x:y"), &Arc::default()).await.unwrap_err();
+    assert!(matches!(*err, Error::Refused { .. }) && err.to_string().contains("denyCidrs"), "{err}");
+    // The metadata address, by IP literal.
+    let err = resolve(&e, "169.254.169.254/x:y", &Arc::default()).await.unwrap_err();
+    assert!(err.to_string().contains("169.254.0.0/16"), "{err}");
+    // An allowlist that does not name the registry.
+    let allow = engine(&format!(
+        "network: {{ allowRegistries: ['ghcr.io'] }}\nregistries: [{{ host: '127.0.0.1:{port}', plainHttp: true }}]"
+    ));
+    let err = resolve(&allow, &format!("127.0.0.1:{port}/x:y"), &Arc::default()).await.unwrap_err();
+    assert!(err.to_string().contains("allowRegistries"), "{err}");
+    assert_eq!(listener.connections(), 0, "no connection was made");
+}
