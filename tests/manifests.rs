@@ -335,7 +335,7 @@ fn check_rbac(docs: &[Value]) {
             }
         }
     }
-    let read = set(&["get", "list", "watch"]);
+    let read = set(&["get"]);
     let expected: BTreeMap<String, BTreeSet<String>> = [
         ("secrets".to_string(), read.clone()),
         ("serviceaccounts".to_string(), read),
