@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= examples/config.yaml
 SELF_SIGNED := manifests/overlays/self-signed
 
-.PHONY: build run certs test lint e2e bench manifests clean-certs
+.PHONY: build run certs test lint e2e bench manifests image clean-certs
 
 build:
 	$(CARGO) build --release --bin layerlink
@@ -38,6 +38,10 @@ manifests:
 	mkdir -p dist
 	for o in self-signed cert-manager cluster-wide audit-only; do \
 	    kubectl kustomize manifests/overlays/$$o > dist/layerlink-$$o.yaml; done
+
+## OCI image layout in dist/image without a container engine; REGISTRY=host:port pushes it.
+image:
+	hack/image.sh
 
 clean-certs:
 	rm -f certs/ca.crt certs/tls.crt certs/tls.key

@@ -238,3 +238,70 @@ async fn rotated_certificates_are_served_to_new_connections() {
     let fresh_old = support::webhook::client_trusting(&webhook.ca_pem());
     assert!(fresh_old.post(webhook.url("/mutate")).json(&review).send().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_rotation_under_load_fails_no_request() {
+    let webhook = Webhook::start("");
+    let rotated = tempfile::tempdir().unwrap();
+    support::webhook::make_certs(rotated.path());
+    let mut both = webhook.ca_pem();
+    both.extend(std::fs::read(rotated.path().join("ca.crt")).unwrap());
+    let review = serde_json::to_vec(&fixtures::json("pod-create-simple.json")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // 16 workers: half keep their connection alive, half open a new connection per request.
+    let workers: Vec<_> = (0..16)
+        .map(|i| {
+            let (stop, body, url, ca) = (stop.clone(), review.clone(), webhook.url("/mutate"), both.clone());
+            tokio::spawn(async move {
+                let mut keepalive = support::webhook::client_trusting(&ca);
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if i % 2 == 1 {
+                        keepalive = support::webhook::client_trusting(&ca);
+                    }
+                    match keepalive.post(&url).body(body.clone()).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("HTTP {}", r.status())),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for file in ["tls.key", "tls.crt"] {
+        let tmp = webhook.dir.path().join(format!(".{file}.new"));
+        std::fs::copy(rotated.path().join(file), &tmp).unwrap();
+        std::fs::rename(&tmp, webhook.dir.path().join(file)).unwrap();
+    }
+    let only_new = support::webhook::client_trusting(&std::fs::read(rotated.path().join("ca.crt")).unwrap());
+    let mut rotated_seen = false;
+    for _ in 0..100 {
+        if only_new.post(webhook.url("/mutate")).body(review.clone()).send().await.is_ok() {
+            rotated_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(rotated_seen, "new connections never saw the new certificate");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during rotation: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    eprintln!("{ok} requests across a certificate rotation, 0 failed");
+    assert!(webhook.log().contains("serving certificate reloaded"), "{}", webhook.log());
+}
