@@ -261,3 +261,44 @@ async fn ssrf_guard_refuses_before_connecting() {
     assert!(err.to_string().contains("allowRegistries"), "{err}");
     assert_eq!(listener.connections(), 0, "no connection was made");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_do_not_follow_a_redirect_to_another_host() {
+    use support::proxy::{BackgroundServer, full};
+
+    let digest = format!("sha256:{}", "b".repeat(64));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let recorder = {
+        let (seen, digest) = (seen.clone(), digest.clone());
+        BackgroundServer::start(move |req: hyper::Request<hyper::body::Incoming>| {
+            let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
+            seen.lock().unwrap().push(auth);
+            let digest = digest.clone();
+            async move { Some(hyper::Response::builder().header("Docker-Content-Digest", digest).body(full("")).unwrap()) }
+        })
+    };
+    let target = format!("localhost:{}", recorder.addr().port());
+    let registry = {
+        let target = target.clone();
+        BackgroundServer::start(move |req: hyper::Request<hyper::body::Incoming>| {
+            let response = if req.headers().contains_key("authorization") {
+                hyper::Response::builder()
+                    .status(307)
+                    .header("Location", format!("http://{target}{}", req.uri().path()))
+                    .body(full(""))
+            } else {
+                hyper::Response::builder().status(401).header("WWW-Authenticate", "Basic realm=\"test\"").body(full(""))
+            };
+            async move { Some(response.unwrap()) }
+        })
+    };
+    let host = format!("127.0.0.1:{}", registry.addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials_file(dir.path(), &host, "alice", "s3cret");
+    let e = engine(&format!(
+        "registries: [{{ host: '{host}', plainHttp: true, credentialsFile: '{}' }}, {{ host: '{target}', plainHttp: true }}]",
+        creds.display()
+    ));
+    assert_eq!(resolve(&e, &format!("{host}/team/app:v1"), &Arc::default()).await.unwrap(), digest);
+    assert_eq!(*seen.lock().unwrap(), vec![None], "the redirect target got no Authorization header");
+}
