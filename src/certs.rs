@@ -69,6 +69,65 @@ pub fn write(bundle: &Bundle, dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where `layerlink certs --apply` writes in a cluster without cert-manager.
+pub struct ApplyTarget {
+    pub namespace: String,
+    pub secret: String,
+    pub webhook: String,
+}
+
+/// Writes the bundle as the `kubernetes.io/tls` Secret the Deployment mounts (server-side apply,
+/// so re-running rotates in place) and sets the caBundle of every entry of the mutating webhook
+/// configuration, and of a validating one with the same name if it exists (the pre-1.30 backstop).
+pub async fn apply(client: kube::Client, bundle: &Bundle, target: &ApplyTarget) -> Result<Vec<String>, Error> {
+    use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let kube_error = |e: kube::Error| Error::Kube(e.to_string());
+    let mut done = Vec::new();
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": target.secret, "namespace": target.namespace, "labels": { "app.kubernetes.io/name": "layerlink" } },
+        "type": "kubernetes.io/tls",
+        "stringData": { "tls.crt": bundle.tls_crt, "tls.key": bundle.tls_key, "ca.crt": bundle.ca_crt },
+    });
+    let params = PatchParams::apply("layerlink-certs").force();
+    Api::<Secret>::namespaced(client.clone(), &target.namespace)
+        .patch(&target.secret, &params, &Patch::Apply(&secret))
+        .await
+        .map_err(kube_error)?;
+    done.push(format!("secret {}/{}", target.namespace, target.secret));
+
+    let ca_bundle = serde_json::Value::String(bundle.ca_bundle());
+    let ops = |count: usize| {
+        let ops: Vec<json_patch::PatchOperation> = (0..count)
+            .map(|i| crate::patch::add(&format!("/webhooks/{i}/clientConfig/caBundle"), ca_bundle.clone()))
+            .collect();
+        json_patch::Patch(ops)
+    };
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = mutating.get(&target.webhook).await.map_err(kube_error)?;
+    let count = config.webhooks.map_or(0, |w| w.len());
+    mutating
+        .patch(&target.webhook, &PatchParams::default(), &Patch::<()>::Json(ops(count)))
+        .await
+        .map_err(kube_error)?;
+    done.push(format!("mutatingwebhookconfiguration {} ({count} entries)", target.webhook));
+
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    if let Some(config) = validating.get_opt(&target.webhook).await.map_err(kube_error)? {
+        let count = config.webhooks.map_or(0, |w| w.len());
+        validating
+            .patch(&target.webhook, &PatchParams::default(), &Patch::<()>::Json(ops(count)))
+            .await
+            .map_err(kube_error)?;
+        done.push(format!("validatingwebhookconfiguration {} ({count} entries)", target.webhook));
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use crate::{
     Config, Error,
     metrics::Metrics,
     patch,
+    prepull::Prepull,
     reference::{self, Reference},
     registry::auth::Keychain,
     resolve::{Resolved, Resolver},
@@ -36,6 +37,8 @@ pub struct Engine {
     pub config: Arc<Config>,
     pub resolver: Arc<Resolver>,
     pub metrics: Arc<Metrics>,
+    /// Shared-base detection and injection; its caches live for the life of the engine.
+    pub prepull: Prepull,
     excluded_images: GlobSet,
 }
 
@@ -73,7 +76,8 @@ impl Engine {
         let excluded_images = crate::config::glob_set(&config.exclude.images)
             .map_err(|e| Error::Config(format!("exclude.images: {e}")))?;
         let resolver = Resolver::new(&config, metrics.clone())?;
-        Ok(Engine { config: Arc::new(config), resolver, metrics, excluded_images })
+        let prepull = Prepull::new(&config, resolver.clone());
+        Ok(Engine { config: Arc::new(config), resolver, metrics, prepull, excluded_images })
     }
 
     /// Deadline for a review: the config budget, capped by the API server's timeout less a margin.

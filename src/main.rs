@@ -35,6 +35,15 @@ enum Command {
         /// DNS names or IP addresses for the certificate.
         #[arg(long = "dns", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         names: Vec<String>,
+        /// Also write the Secret and set the webhook configuration's caBundle (kubeconfig).
+        #[arg(long)]
+        apply: bool,
+        #[arg(long, default_value = "layerlink-system")]
+        namespace: String,
+        #[arg(long, default_value = "layerlink-tls")]
+        secret: String,
+        #[arg(long, default_value = "layerlink")]
+        webhook: String,
     },
     /// Pin images in multi-document YAML (Pods and workloads) and print it.
     Mutate(layerlink::manifests::MutateArgs),
@@ -106,10 +115,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        Command::Certs { out, names } => {
+        Command::Certs { out, names, apply, namespace, secret, webhook } => {
             let bundle = layerlink::certs::generate(&names)?;
             layerlink::certs::write(&bundle, &out)?;
             eprintln!("wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}", out.display(), names.join(", "));
+            if apply {
+                let client = kube::Client::try_default().await.map_err(|e| Error::Kube(e.to_string()))?;
+                let target = layerlink::certs::ApplyTarget { namespace, secret, webhook };
+                for done in layerlink::certs::apply(client, &bundle, &target).await? {
+                    eprintln!("applied {done}");
+                }
+            }
             println!("{}", bundle.ca_bundle());
             Ok(ExitCode::SUCCESS)
         }

@@ -1,18 +1,773 @@
-//! `layerlink mutate -f`: pins images in multi-document YAML. (being written)
+//! `layerlink mutate -f FILE|-`: pins the images of Pods and workloads in multi-document YAML,
+//! for GitOps pipelines (`kustomize build | layerlink mutate -f -`). Pod templates are always
+//! pinned here, whatever `workloads.templates` says: this is the path DESIGN decision 1 sends
+//! GitOps users to. The engine, config, exclusions and registries are the webhook's.
+//!
+//! # What is kept
+//!
+//! The output is the input text with only the image values replaced. Everything else is copied
+//! byte for byte: comments (own-line and trailing), key order, indentation, quoting style of every
+//! other scalar, flow and block collections, blank lines, line endings (LF or CRLF), document
+//! markers (`---`, `--- # comment`, `...`), directives, and every document that is not a Pod or a
+//! workload (ConfigMaps, Services, CRDs, …) or that has nothing to pin.
+//!
+//! An image value keeps its own style: a plain scalar stays plain (`image: app:v1` →
+//! `image: app:v1@sha256:…`), a single-quoted one stays single-quoted and a double-quoted one
+//! double-quoted; trailing comments and the spacing around the value stay where they were. Only
+//! the `image` fields the engine finds (`sites::find`: init, regular and ephemeral containers of a
+//! Pod, or of the pod template of a Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob,
+//! ReplicationController or PodTemplate, also inside a `kind: List`) are touched; the same text in
+//! an annotation, a ConfigMap or a comment never is.
+//!
+//! # What is not kept
+//!
+//! - A plain image value that the pinned reference could not be written as plain (never the case
+//!   for a valid reference) would become double-quoted.
+//! - A multi-line image value (a plain or quoted scalar folded over lines) becomes one line.
+//!
+//! # What fails instead of guessing
+//!
+//! The whole run fails (exit 2, nothing on stdout) naming the document and its line when a
+//! document is not valid YAML, or when an image to pin cannot be rewritten in place: it comes from
+//! an alias (`image: *img`) or a merge key (`<<: *base`), is a block scalar (`image: |`), or its
+//! key appears twice. Every rewritten document is parsed again and must equal the original with
+//! only the pinned images changed.
+//!
+//! Images that cannot be resolved are left as they are, with one line per image on stderr
+//! (`layerlink: not pinned IMAGE: reason`), and the exit status is 1 (0 with
+//! `--allow-unresolved`) so CI can gate on it. Documents in a namespace listed in
+//! `exclude.namespaces` (by `metadata.namespace`), images matching `exclude.images`, and, with
+//! `allowPodOptOut`, objects annotated `layerlink.io/skip: "true"` are left alone, as the webhook
+//! would leave them.
 
-use std::process::ExitCode;
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    io::{Read, Write},
+    ops::Range,
+    process::ExitCode,
+    sync::Arc,
+};
 
-use crate::Error;
+use serde_json::Value;
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
+
+use crate::{
+    Config, Engine, Error,
+    engine::{Deadline, Problem},
+    patch,
+    policy::SKIP_ANNOTATION,
+    reference::Reference,
+    registry::auth::Keychain,
+    sites::{self, Shape, Site},
+};
 
 #[derive(clap::Args, Debug)]
 pub struct MutateArgs {
+    /// The config file `serve` reads (registries, credentials, exclusions); defaults apply without it.
     #[arg(long, short)]
     pub config: Option<std::path::PathBuf>,
     /// File to read, or - for standard input.
     #[arg(short = 'f', long = "filename")]
     pub file: String,
+    /// Exit 0 even when some images cannot be pinned (they are still reported on stderr).
+    #[arg(long)]
+    pub allow_unresolved: bool,
 }
 
-pub async fn mutate(_args: MutateArgs) -> Result<ExitCode, Error> {
-    todo!()
+pub async fn mutate(args: MutateArgs) -> Result<ExitCode, Error> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::parse("")?,
+    };
+    let engine = Engine::new(config)?;
+    let text = read_input(&args.file)?;
+    let (output, problems) = mutate_text(&engine, &text).await?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(output.as_bytes())?;
+    stdout.flush()?;
+    let mut reported = HashSet::new();
+    for problem in &problems {
+        if reported.insert((&problem.site.image, &problem.reason)) {
+            eprintln!("layerlink: not pinned {}: {}", problem.site.image, problem.reason);
+        }
+    }
+    Ok(if problems.is_empty() || args.allow_unresolved { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn read_input(file: &str) -> Result<String, Error> {
+    let (bytes, name) = if file == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes)?;
+        (bytes, "standard input")
+    } else {
+        let bytes = std::fs::read(file).map_err(|e| invalid(format!("cannot read {file}: {e}")))?;
+        (bytes, file)
+    };
+    String::from_utf8(bytes).map_err(|e| invalid(format!("{name} is not UTF-8: {e}")))
+}
+
+fn invalid(message: String) -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, message))
+}
+
+/// Pins every image of the Pods and workloads in `text` (multi-document YAML) and returns the new
+/// text and the images that could not be pinned. Each problem's `site.pointer` is prefixed with
+/// the 0-based document index (`/2/spec/containers/0/image` is in the third document).
+///
+/// All lookups share one deadline, `resolve.requestTimeout` from now: a CLI is not in the
+/// admission path. Errors (invalid YAML, an image that cannot be rewritten in place) name the
+/// document and line, and no text is returned.
+pub async fn mutate_text(engine: &Engine, text: &str) -> Result<(String, Vec<Problem>), Error> {
+    let deadline = Deadline::after(engine.config.resolve.request_timeout);
+    let keychain = Arc::new(Keychain::default());
+    let chunks = split_documents(text);
+    let mut documents = Vec::with_capacity(chunks.len());
+    for (index, chunk) in chunks.iter().enumerate() {
+        let source = &text[chunk.range.clone()];
+        let first_line = line_of(text, chunk.range.start);
+        let where_ = || format!("document {} (from line {first_line})", index + 1);
+        let sites = if chunk.content {
+            let value = parse_value_at(source, first_line).map_err(|e| invalid(format!("{}: {e}", where_())))?;
+            document_sites(&value, &engine.config)
+        } else {
+            Vec::new()
+        };
+        // Refuse what cannot be rewritten before asking any registry (only images that would be).
+        let edits: Vec<Edit> = sites
+            .iter()
+            .filter(|s| Reference::parse(&s.image).is_ok_and(|r| !r.is_pinned() && !engine.is_excluded(&s.image, &r)))
+            .map(|s| Edit::new(&s.pointer, &s.image, &s.image))
+            .collect();
+        if !edits.is_empty() {
+            locate_edits(source, &edits).map_err(|e| invalid(format!("{}: {e}", where_())))?;
+        }
+        documents.push((source, sites, where_()));
+    }
+    let plans = futures::future::join_all(
+        documents.iter().map(|(_, sites, _)| engine.plan(sites.clone(), &keychain, deadline)),
+    )
+    .await;
+    let mut output = String::with_capacity(text.len() + 80 * plans.iter().map(|p| p.pins.len()).sum::<usize>());
+    let mut problems = Vec::new();
+    for (index, ((source, _, where_), plan)) in documents.into_iter().zip(plans).enumerate() {
+        for pin in &plan.pins {
+            if let Some(why) = &pin.stale {
+                tracing::warn!(image = %pin.site.image, "pinned from a stale cache entry: {why}");
+            }
+        }
+        if plan.pins.is_empty() {
+            output.push_str(source);
+        } else {
+            let edits: Vec<Edit> =
+                plan.pins.iter().map(|p| Edit::new(&p.site.pointer, &p.site.image, &p.pinned)).collect();
+            output.push_str(&rewrite_document(source, &edits).map_err(|e| invalid(format!("{where_}: {e}")))?);
+        }
+        problems.extend(plan.problems.into_iter().map(|mut problem| {
+            problem.site.pointer = format!("/{index}{}", problem.site.pointer);
+            problem
+        }));
+    }
+    Ok((output, problems))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+fn parse_value(source: &str) -> Result<Value, String> {
+    parse_value_at(source, 1)
+}
+
+/// Parses one document whose first line is line `first_line` of the input; the error is one line
+/// and names the line in the input.
+fn parse_value_at(source: &str, first_line: usize) -> Result<Value, String> {
+    serde_saphyr::from_str::<Value>(source).map_err(|e| {
+        let e = e.to_string();
+        let first = e.lines().next().unwrap_or_default().trim_start_matches("error: ");
+        let shifted = first
+            .strip_prefix("line ")
+            .and_then(|rest| rest.split_once(' '))
+            .and_then(|(n, rest)| Some(format!("line {}{rest}", n.parse::<usize>().ok()? + first_line - 1)));
+        format!("not valid YAML: {}", shifted.as_deref().unwrap_or(first))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Documents
+
+/// One document of a stream: its text (markers, directives and surrounding comments included) and
+/// whether it has any content besides those.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub range: Range<usize>,
+    pub content: bool,
+}
+
+/// Splits a YAML stream into documents whose ranges cover the text exactly, in order. A document
+/// starts at a `---` line (exactly `---`, or `---` followed by a space or tab) unless everything
+/// before it since the last document is blank, comments or directives (a leading `---`); a `...`
+/// line ends a document. YAML forbids both markers at column 0 inside a scalar, so a line test is
+/// exact.
+pub fn split_documents(text: &str) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let (mut start, mut content, mut marker, mut pos) = (0, false, false, 0);
+    for line in text.split_inclusive('\n') {
+        let line_start = pos;
+        pos += line.len();
+        let bare = if line_start == 0 { line.strip_prefix('\u{feff}').unwrap_or(line) } else { line };
+        if let Some(rest) = marker_rest(bare, "---") {
+            if content || marker {
+                chunks.push(Chunk { range: start..line_start, content });
+                start = line_start;
+            }
+            marker = true;
+            let rest = rest.trim();
+            content = !rest.is_empty() && !rest.starts_with('#');
+        } else if marker_rest(bare, "...").is_some() {
+            chunks.push(Chunk { range: start..pos, content });
+            (start, content, marker) = (pos, false, false);
+        } else if !content {
+            let trimmed = bare.trim();
+            content = !(trimmed.is_empty() || trimmed.starts_with('#') || bare.starts_with('%'));
+        }
+    }
+    if start < text.len() || chunks.is_empty() {
+        chunks.push(Chunk { range: start..text.len(), content });
+    }
+    chunks
+}
+
+/// What follows a document marker at the start of `line`, if the line is one.
+fn marker_rest<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(marker)?;
+    (rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n'])).then_some(rest)
+}
+
+/// The image sites of one document: a Pod, a workload's pod template (always, whatever
+/// `workloads.templates` says), or the items of a `kind: List`; nothing for other kinds or for
+/// objects the config excludes.
+pub fn document_sites(value: &Value, config: &Config) -> Vec<Site> {
+    let Some(kind) = value.get("kind").and_then(Value::as_str) else { return Vec::new() };
+    if let (Some(items), Some(list_of)) = (value.get("items").and_then(Value::as_array), kind.strip_suffix("List")) {
+        let mut found = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let kind = item.get("kind").and_then(Value::as_str).unwrap_or(list_of);
+            for mut site in object_sites(kind, item, config) {
+                site.pointer = format!("/items/{i}{}", site.pointer);
+                found.push(site);
+            }
+        }
+        return found;
+    }
+    object_sites(kind, value, config)
+}
+
+fn object_sites(kind: &str, object: &Value, config: &Config) -> Vec<Site> {
+    let Some(shape) = sites::shape(kind).filter(|s| *s != Shape::EphemeralContainers) else { return Vec::new() };
+    if let Some(reason) = skip_reason(config, shape, object) {
+        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        tracing::info!(kind, name, "left alone: {reason}");
+        return Vec::new();
+    }
+    sites::find(shape, object)
+}
+
+/// Why the config leaves this object alone, as the webhook would: its namespace is in
+/// `exclude.namespaces`, or it (or its pod template) carries `layerlink.io/skip: "true"` and
+/// `allowPodOptOut` is set.
+pub fn skip_reason(config: &Config, shape: Shape, object: &Value) -> Option<String> {
+    if let Some(namespace) = object.pointer("/metadata/namespace").and_then(Value::as_str)
+        && config.exclude.namespaces.iter().any(|n| n == namespace)
+    {
+        return Some(format!("namespace {namespace} is excluded"));
+    }
+    if config.allow_pod_opt_out {
+        let template = match shape {
+            Shape::Template(spec) => spec.strip_suffix("/spec").map(|t| format!("{t}/metadata")),
+            _ => None,
+        };
+        let opted_out = ["/metadata".to_string()].into_iter().chain(template).any(|meta| {
+            object.pointer(&format!("{meta}/annotations")).and_then(|a| a.get(SKIP_ANNOTATION)).and_then(Value::as_str)
+                == Some("true")
+        });
+        if opted_out {
+            return Some(format!("opted out with {SKIP_ANNOTATION}: \"true\""));
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rewriting (pure)
+
+/// One image value to replace in a document: the scalar at `pointer` must read `old`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edit {
+    /// RFC 6901 pointer from the document root, e.g. `/spec/containers/0/image`.
+    pub pointer: String,
+    pub old: String,
+    pub new: String,
+}
+
+impl Edit {
+    pub fn new(pointer: &str, old: &str, new: &str) -> Self {
+        Edit { pointer: pointer.into(), old: old.into(), new: new.into() }
+    }
+}
+
+/// Replaces the scalars named by `edits` in one YAML document's text and nothing else. Each
+/// pointer must lead, through plain keys and sequence indices as written, to exactly one plain or
+/// quoted scalar whose value is `old`; the replacement keeps its quoting style. The result is
+/// parsed again and must equal the original with exactly these values changed. Any deviation is
+/// an error naming the pointer; nothing is guessed.
+pub fn rewrite_document(text: &str, edits: &[Edit]) -> Result<String, String> {
+    let mut located = locate_edits(text, edits)?;
+    located.sort_by_key(|(range, _, _)| range.start);
+    if let Some(pair) = located.windows(2).find(|w| w[0].0.end > w[1].0.start) {
+        return Err(format!("overlapping image values at bytes {:?} and {:?}", pair[0].0, pair[1].0));
+    }
+    let mut out = String::with_capacity(text.len() + edits.iter().map(|e| e.new.len()).sum::<usize>());
+    let mut copied = 0;
+    for (range, style, edit) in &located {
+        out.push_str(&text[copied..range.start]);
+        out.push_str(&render(&edit.new, *style));
+        copied = range.end;
+    }
+    out.push_str(&text[copied..]);
+    verify(text, &out, edits)?;
+    Ok(out)
+}
+
+/// The source range and style of each edit's scalar, checked against `old`.
+/// An edit's scalar: its byte range in the text and its style.
+type Located<'e> = (Range<usize>, ScalarStyle, &'e Edit);
+
+fn locate_edits<'e>(text: &str, edits: &'e [Edit]) -> Result<Vec<Located<'e>>, String> {
+    let wanted: HashSet<&str> = edits.iter().map(|e| e.pointer.as_str()).collect();
+    if wanted.len() != edits.len() {
+        return Err("the same image field is edited twice".into());
+    }
+    let mut found = locate(text, &wanted)?;
+    let mut located = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let pointer = &edit.pointer;
+        let nodes = found.remove(pointer.as_str()).unwrap_or_default();
+        let node = match nodes.as_slice() {
+            [node] => node,
+            [] => {
+                return Err(format!(
+                    "cannot find the image at {pointer} in the text (it comes from a merge key or an alias?); \
+                     not rewritten"
+                ));
+            }
+            more => return Err(format!("{pointer} appears {} times (duplicate key); not rewritten", more.len())),
+        };
+        let style = match node.style {
+            None => return Err(format!("the image at {pointer} is an alias; not rewritten")),
+            Some(ScalarStyle::Literal | ScalarStyle::Folded) => {
+                return Err(format!("the image at {pointer} is a block scalar (| or >); not rewritten"));
+            }
+            Some(style) => style,
+        };
+        if node.value != edit.old {
+            return Err(format!(
+                "the text at {pointer} reads {:?}, expected {:?}; not rewritten",
+                node.value, edit.old
+            ));
+        }
+        located.push((node.range.clone(), style, edit));
+    }
+    Ok(located)
+}
+
+/// A scalar (or alias, `style: None`) found at a wanted pointer.
+#[derive(Debug)]
+struct Node {
+    range: Range<usize>,
+    style: Option<ScalarStyle>,
+    value: String,
+}
+
+enum Frame {
+    /// `key`: None while a key is expected; Some(token) while its value is (None if the key is not
+    /// a plain string, so nothing below it has a pointer).
+    Map {
+        pointer: Option<String>,
+        key: Option<Option<String>>,
+    },
+    Seq {
+        pointer: Option<String>,
+        next: usize,
+    },
+}
+
+/// Walks the parser's events of one document, tracking the JSON pointer of every node, and
+/// returns the scalars and aliases found at the wanted pointers with their byte ranges.
+fn locate(text: &str, wanted: &HashSet<&str>) -> Result<HashMap<String, Vec<Node>>, String> {
+    let mut found: HashMap<String, Vec<Node>> = HashMap::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut documents = 0;
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|e| format!("not valid YAML: {e}"))?;
+        if matches!(event, Event::DocumentStart(..)) {
+            documents += 1;
+            if documents > 1 {
+                return Err("more than one YAML document where one was expected".into());
+            }
+        }
+        if !event.is_node() {
+            if matches!(event, Event::MappingEnd | Event::SequenceEnd) {
+                stack.pop();
+            }
+            continue;
+        }
+        // The pointer of this node, or None if it is a mapping key or under a non-string key.
+        let pointer: Option<String> = match stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Map { pointer, key }) => match key.take() {
+                None => {
+                    let token = match &event {
+                        Event::Scalar(value, ..) => Some(value.to_string()),
+                        _ => None,
+                    };
+                    *key = Some(token);
+                    None
+                }
+                Some(token) => pointer.as_ref().zip(token).map(|(p, t)| format!("{p}/{}", patch::escape(&t))),
+            },
+            Some(Frame::Seq { pointer, next }) => {
+                *next += 1;
+                pointer.as_ref().map(|p| format!("{p}/{}", *next - 1))
+            }
+        };
+        match event {
+            Event::MappingStart(..) => stack.push(Frame::Map { pointer, key: None }),
+            Event::SequenceStart(..) => stack.push(Frame::Seq { pointer, next: 0 }),
+            Event::Scalar(ref value, style, ..) => record(&mut found, wanted, pointer, &span, Some(style), value),
+            _ => record(&mut found, wanted, pointer, &span, None, ""),
+        }
+    }
+    Ok(found)
+}
+
+fn record(
+    found: &mut HashMap<String, Vec<Node>>,
+    wanted: &HashSet<&str>,
+    pointer: Option<String>,
+    span: &serde_saphyr::granit_parser::Span,
+    style: Option<ScalarStyle>,
+    value: &str,
+) {
+    let Some(pointer) = pointer.filter(|p| wanted.contains(p.as_str())) else { return };
+    let Some(range) = span.byte_range() else { return };
+    found.entry(pointer).or_default().push(Node { range, style, value: value.to_string() });
+}
+
+/// `value` as a scalar of the given style (plain falls back to double quotes where plain would
+/// not read back as the same string).
+fn render(value: &str, style: ScalarStyle) -> String {
+    match style {
+        ScalarStyle::Plain if plain_safe(value) => value.to_string(),
+        ScalarStyle::SingleQuoted if !value.chars().any(char::is_control) => format!("'{}'", value.replace('\'', "''")),
+        _ => {
+            let mut out = String::with_capacity(value.len() + 2);
+            out.push('"');
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+    }
+}
+
+/// Whether `value` reads back as the same string when written plain, in block or flow context.
+fn plain_safe(value: &str) -> bool {
+    !value.is_empty()
+        && !value.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@` \t".contains(c))
+        && !value.ends_with([' ', '\t', ':'])
+        && !value.contains(": ")
+        && !value.contains(" #")
+        && !value.chars().any(|c| c.is_control() || ",[]{}".contains(c))
+        && serde_saphyr::from_str::<Value>(value).ok() == Some(Value::String(value.to_string()))
+}
+
+/// The rewritten text must parse to the original with exactly the edited values changed.
+fn verify(before: &str, after: &str, edits: &[Edit]) -> Result<(), String> {
+    let mut expected = parse_value(before)?;
+    for edit in edits {
+        match expected.pointer_mut(&edit.pointer) {
+            Some(slot) if slot.as_str() == Some(edit.old.as_str()) => *slot = Value::String(edit.new.clone()),
+            _ => return Err(format!("the parsed document has no {:?} at {}; not rewritten", edit.old, edit.pointer)),
+        }
+    }
+    let actual = parse_value(after).map_err(|e| format!("the rewritten document does not parse ({e}); not written"))?;
+    if actual != expected {
+        let changed: BTreeSet<String> = edits.iter().map(|e| e.pointer.clone()).collect();
+        return Err(format!("the rewritten document differs from the original beyond {changed:?}; not written"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn pinned(image: &str) -> String {
+        format!("{image}@{D}")
+    }
+
+    /// Rewrites `text` pinning each (pointer, old) and returns the result.
+    fn rewrite(text: &str, edits: &[(&str, &str)]) -> Result<String, String> {
+        let edits: Vec<Edit> = edits.iter().map(|(p, old)| Edit::new(p, old, &pinned(old))).collect();
+        rewrite_document(text, &edits)
+    }
+
+    fn ranges(text: &str) -> Vec<(&str, bool)> {
+        split_documents(text).into_iter().map(|c| (&text[c.range], c.content)).collect()
+    }
+
+    #[test]
+    fn block_style_keeps_comments_spacing_and_order() {
+        let text = "\
+# a pod
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web   # the name
+  annotations:
+    note: \"image: app:v1\"
+spec:
+  containers:
+  - name: web
+    image:   app:v1     # pinned by CI
+    args: [\"--image\", \"app:v1\"]
+
+  initContainers:
+    - image: app:v1
+      name: init
+";
+        let out = rewrite(text, &[("/spec/containers/0/image", "app:v1"), ("/spec/initContainers/0/image", "app:v1")])
+            .unwrap();
+        let expected = text
+            .replace("image:   app:v1     #", &format!("image:   {}     #", pinned("app:v1")))
+            .replace("    - image: app:v1\n", &format!("    - image: {}\n", pinned("app:v1")));
+        assert_eq!(out, expected);
+        assert!(out.contains("note: \"image: app:v1\""));
+        assert!(out.contains("[\"--image\", \"app:v1\"]"));
+    }
+
+    #[test]
+    fn quoted_styles_are_kept() {
+        let text = "spec:\n  containers:\n  - {name: a, image: 'app:v1'}\n  - name: b\n    image: \"redis:7\" # q\n";
+        let out =
+            rewrite(text, &[("/spec/containers/0/image", "app:v1"), ("/spec/containers/1/image", "redis:7")]).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "spec:\n  containers:\n  - {{name: a, image: '{}'}}\n  - name: b\n    image: \"{}\" # q\n",
+                pinned("app:v1"),
+                pinned("redis:7")
+            )
+        );
+    }
+
+    #[test]
+    fn flow_style_everywhere() {
+        let text = "{kind: Pod, spec: {containers: [{name: a, image: app:v1}, {image: \"x:1\", name: b}]}}\n";
+        let out =
+            rewrite(text, &[("/spec/containers/0/image", "app:v1"), ("/spec/containers/1/image", "x:1")]).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "{{kind: Pod, spec: {{containers: [{{name: a, image: {}}}, {{image: \"{}\", name: b}}]}}}}\n",
+                pinned("app:v1"),
+                pinned("x:1")
+            )
+        );
+    }
+
+    #[test]
+    fn crlf_and_quoted_keys() {
+        let text = "spec:\r\n  \"containers\":\r\n  - 'image': app:v1 # c\r\n    name: a\r\n";
+        let out = rewrite(text, &[("/spec/containers/0/image", "app:v1")]).unwrap();
+        assert_eq!(out, text.replace("app:v1", &pinned("app:v1")));
+    }
+
+    #[test]
+    fn same_value_elsewhere_is_untouched() {
+        // The same text as a key's value in a literal block, an annotation and a sibling field.
+        let text = "\
+metadata:
+  annotations:
+    script: |
+      image: app:v1
+    image: app:v1
+spec:
+  containers:
+  - name: a
+    env: [{name: image, value: app:v1}]
+    image: app:v1
+";
+        let out = rewrite(text, &[("/spec/containers/0/image", "app:v1")]).unwrap();
+        assert_eq!(out.matches(&pinned("app:v1")).count(), 1);
+        assert!(out.ends_with(&format!("    image: {}\n", pinned("app:v1"))));
+        assert_eq!(out.replace(&pinned("app:v1"), "app:v1"), text);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_rewrite_in_place() {
+        let alias = "x: &img app:v1\nspec:\n  containers:\n  - image: *img\n";
+        let e = rewrite(alias, &[("/spec/containers/0/image", "app:v1")]).unwrap_err();
+        assert!(e.contains("alias"), "{e}");
+
+        let merge = "base: &b {image: app:v1}\nspec:\n  containers:\n  - <<: *b\n    name: a\n";
+        let e = rewrite(merge, &[("/spec/containers/0/image", "app:v1")]).unwrap_err();
+        assert!(e.contains("cannot find"), "{e}");
+
+        let block = "spec:\n  containers:\n  - image: |-\n      app:v1\n";
+        let e = rewrite(block, &[("/spec/containers/0/image", "app:v1")]).unwrap_err();
+        assert!(e.contains("block scalar"), "{e}");
+
+        let wrong = "spec:\n  containers:\n  - image: app:v2\n";
+        let e = rewrite(wrong, &[("/spec/containers/0/image", "app:v1")]).unwrap_err();
+        assert!(e.contains("expected"), "{e}");
+
+        let e = rewrite("a: [\n", &[("/a/0", "x")]).unwrap_err();
+        assert!(e.contains("not valid YAML"), "{e}");
+    }
+
+    #[test]
+    fn plain_values_that_would_not_read_back_are_quoted() {
+        assert_eq!(render("app:v1@sha256:00", ScalarStyle::Plain), "app:v1@sha256:00");
+        assert_eq!(render("true", ScalarStyle::Plain), "\"true\"");
+        assert_eq!(render("a: b", ScalarStyle::Plain), "\"a: b\"");
+        assert_eq!(render("x,y", ScalarStyle::Plain), "\"x,y\"");
+        assert_eq!(render("it's", ScalarStyle::SingleQuoted), "'it''s'");
+        assert_eq!(render("a\"b\\c", ScalarStyle::DoubleQuoted), "\"a\\\"b\\\\c\"");
+        let text = "spec:\n  containers:\n  - image: app\n";
+        let edits = [Edit::new("/spec/containers/0/image", "app", "123")];
+        assert_eq!(rewrite_document(text, &edits).unwrap(), "spec:\n  containers:\n  - image: \"123\"\n");
+    }
+
+    #[test]
+    fn multi_line_values_become_one_line() {
+        let text = "spec:\n  containers:\n  - image: \"app:\n      v1\"\n    name: a\n";
+        let out = rewrite(text, &[("/spec/containers/0/image", "app: v1")]).unwrap();
+        assert_eq!(out, format!("spec:\n  containers:\n  - image: \"{}\"\n    name: a\n", pinned("app: v1")));
+    }
+
+    #[test]
+    fn pointers_escape_keys() {
+        let text = "a/b:\n  c~d: [x, app:v1]\n";
+        let out = rewrite(text, &[("/a~1b/c~0d/1", "app:v1")]).unwrap();
+        assert_eq!(out, format!("a/b:\n  c~d: [x, {}]\n", pinned("app:v1")));
+    }
+
+    #[test]
+    fn complex_keys_are_refused() {
+        // A collection as a key has no JSON form: the document is refused, not guessed at.
+        let text = "? [image]\n: app:v1\nimage: app:v1\n";
+        let e = rewrite(text, &[("/image", "app:v1")]).unwrap_err();
+        assert!(e.contains("not valid YAML"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_edits_and_keys_are_refused() {
+        let text = "spec:\n  containers:\n  - image: app:v1\n    image: app:v1\n";
+        let e = rewrite(text, &[("/spec/containers/0/image", "app:v1")]).unwrap_err();
+        assert!(e.contains("2 times") || e.contains("not valid YAML"), "{e}");
+        let text = "spec:\n  containers:\n  - image: app:v1\n";
+        let e = rewrite(text, &[("/spec/containers/0/image", "app:v1"), ("/spec/containers/0/image", "app:v1")])
+            .unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn splitting_documents() {
+        assert_eq!(ranges(""), vec![("", false)]);
+        assert_eq!(ranges("a: 1\n"), vec![("a: 1\n", true)]);
+        // A leading --- and the comments before it belong to the first document.
+        assert_eq!(ranges("# c\n---\na: 1\n---\nb: 2\n"), vec![("# c\n---\na: 1\n", true), ("---\nb: 2\n", true)]);
+        // Markers with comments or content on the line, ... ends a document, CRLF.
+        assert_eq!(
+            ranges("--- # one\r\na: 1\r\n...\r\n# two\r\n--- {b: 2}\r\n---\r\n"),
+            vec![("--- # one\r\na: 1\r\n...\r\n", true), ("# two\r\n--- {b: 2}\r\n", true), ("---\r\n", false)]
+        );
+        // Not markers: ---- , indented ---, --- inside a word; empty documents between markers.
+        assert_eq!(
+            ranges("a: |\n  ---\n----: x\n---\n---\nb: 1"),
+            vec![("a: |\n  ---\n----: x\n", true), ("---\n", false), ("---\nb: 1", true)]
+        );
+        // Directives stay with their document.
+        assert_eq!(
+            ranges("a: 1\n...\n%YAML 1.2\n---\nb: 2\n"),
+            vec![("a: 1\n...\n", true), ("%YAML 1.2\n---\nb: 2\n", true)]
+        );
+        // The ranges always cover the text.
+        for text in ["---", "---\n", "\n\n---\n\n", "a\n---\nb\n...\n", "\u{feff}---\na: 1\n"] {
+            let joined: String = split_documents(text).iter().map(|c| &text[c.range.clone()]).collect();
+            assert_eq!(joined, text);
+        }
+    }
+
+    #[test]
+    fn sites_of_documents() {
+        let config = Config::default();
+        let deployment: Value = serde_json::json!({
+            "kind": "Deployment",
+            "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "app:v1"}]}}}
+        });
+        // Templates are pinned here although workloads.templates is false.
+        assert!(!config.workloads.templates);
+        assert_eq!(document_sites(&deployment, &config)[0].pointer, "/spec/template/spec/containers/0/image");
+        let list = serde_json::json!({"kind": "List", "items": [
+            {"kind": "ConfigMap", "data": {"image": "x"}},
+            {"kind": "Pod", "spec": {"containers": [{"image": "b:1"}]}},
+        ]});
+        assert_eq!(document_sites(&list, &config)[0].pointer, "/items/1/spec/containers/0/image");
+        let typed_list =
+            serde_json::json!({"kind": "PodList", "items": [{"spec": {"containers": [{"image": "b:1"}]}}]});
+        assert_eq!(document_sites(&typed_list, &config)[0].pointer, "/items/0/spec/containers/0/image");
+        for other in [
+            serde_json::json!({"kind": "ConfigMap", "data": {"spec": {"containers": [{"image": "b:1"}]}}}),
+            serde_json::json!({"spec": {"containers": [{"image": "b:1"}]}}),
+            serde_json::json!("just a string"),
+            Value::Null,
+        ] {
+            assert!(document_sites(&other, &config).is_empty(), "{other}");
+        }
+    }
+
+    #[test]
+    fn exclusions_apply() {
+        let pod = |namespace: &str, annotation: &str| {
+            serde_json::json!({
+                "kind": "Pod",
+                "metadata": {"namespace": namespace, "annotations": {SKIP_ANNOTATION: annotation}},
+                "spec": {"containers": [{"image": "b:1"}]}
+            })
+        };
+        let mut config = Config::default();
+        assert!(document_sites(&pod("kube-system", ""), &config).is_empty());
+        assert_eq!(document_sites(&pod("apps", "true"), &config).len(), 1);
+        config.allow_pod_opt_out = true;
+        assert!(document_sites(&pod("apps", "true"), &config).is_empty());
+        assert_eq!(document_sites(&pod("apps", "false"), &config).len(), 1);
+        let deployment = serde_json::json!({
+            "kind": "Deployment",
+            "spec": {"template": {
+                "metadata": {"annotations": {SKIP_ANNOTATION: "true"}},
+                "spec": {"containers": [{"image": "app:v1"}]}
+            }}
+        });
+        assert!(document_sites(&deployment, &config).is_empty());
+    }
 }

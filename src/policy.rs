@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn excluded_namespaces() {
         let mut config = Config::default();
-        config.exclude.namespaces.push("fixtures".into());
+        config.exclude.namespaces.push("fixtures".to_string());
         assert_eq!(
             decide_on("pod-create-simple.json", &config, |_| {}),
             Decision::Skip("namespace fixtures is excluded".into())
@@ -140,8 +140,7 @@ mod tests {
         };
         let strict = Config::default();
         assert_eq!(decide_on("pod-create-simple.json", &strict, annotate), Decision::Act(Shape::Pod));
-        let mut lenient = Config::default();
-        lenient.allow_pod_opt_out = true;
+        let lenient = Config { allow_pod_opt_out: true, ..Default::default() };
         assert!(matches!(decide_on("pod-create-simple.json", &lenient, annotate), Decision::Skip(_)));
         let not_true = |r: &mut serde_json::Value| {
             r["request"]["object"]["metadata"]["annotations"] = serde_json::json!({SKIP_ANNOTATION: "yes"});

@@ -118,13 +118,24 @@ async fn decide(
     let plan = engine.plan(sites, &keychain, deadline).await;
     record_images(engine, mode, &plan);
     match mode {
-        Mode::Enforce => enforce(engine, request, &plan),
+        Mode::Enforce => {
+            // Pre-pull containers only on a pod's creation: init containers are immutable after.
+            let inject = engine.config.prepull.enabled && request.operation == "CREATE" && shape == sites::Shape::Pod;
+            let extra =
+                if inject { engine.prepull.ops(object, &plan.pins, &keychain, deadline).await } else { Vec::new() };
+            enforce(engine, request, &plan, extra)
+        }
         Mode::Audit => audit(engine, edges, request, &plan),
         Mode::Validate => unreachable!("handled above"),
     }
 }
 
-fn enforce(engine: &Engine, request: &AdmissionRequest, plan: &Plan) -> (Response, &'static str) {
+fn enforce(
+    engine: &Engine,
+    request: &AdmissionRequest,
+    plan: &Plan,
+    prepull: Vec<json_patch::PatchOperation>,
+) -> (Response, &'static str) {
     let uid = request.uid.as_str();
     let pinned: Vec<String> = plan.pins.iter().map(|p| format!("{} → {}", p.site.image, p.digest)).collect();
     let problems: Vec<String> = plan.problems.iter().map(|p| format!("{}: {}", p.site.image, p.reason)).collect();
@@ -151,7 +162,11 @@ fn enforce(engine: &Engine, request: &AdmissionRequest, plan: &Plan) -> (Respons
             p.stale.as_ref().map(|why| format!("layerlink: pinned {} from cache ({why})", p.site.image))
         }),
     );
-    let patch = plan.patch();
+    let mut patch = plan.patch();
+    if !prepull.is_empty() {
+        tracing::info!(uid, object = %request.object_ref(), ops = prepull.len(), "pre-pull injected");
+    }
+    patch.0.extend(prepull);
     let result = if patch.0.is_empty() { "unchanged" } else { "patched" };
     (Response::allow(uid).with_patch(&patch).with_warnings(warnings), result)
 }

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::{BuildHasher, Hash, Hasher},
+    hash::{BuildHasher, Hash},
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -32,9 +32,7 @@ impl Credential {
     /// hold the secret itself.
     pub fn id(&self) -> u64 {
         static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-        let mut h = KEY.get_or_init(Default::default).build_hasher();
-        self.hash(&mut h);
-        h.finish() | 1 // 0 is anonymous
+        KEY.get_or_init(Default::default).hash_one(self) | 1 // 0 is anonymous
     }
 
     pub fn basic_header(&self) -> String {

@@ -293,6 +293,22 @@ impl Registry {
     /// SIGSTOP: connections are still accepted by the kernel but nothing answers.
     pub fn pause(&self) {
         self.signal("-STOP");
+        // The signal is delivered asynchronously: wait until every thread shows as stopped.
+        let pid = self.pid().expect("registry is not running");
+        let stopped = |task: &std::path::Path| {
+            std::fs::read_to_string(task.join("stat"))
+                .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
+                .unwrap_or(true)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>());
+            if tasks.is_ok_and(|t| t.iter().all(|t| stopped(t))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// SIGCONT after [`Registry::pause`].

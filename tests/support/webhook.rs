@@ -18,6 +18,8 @@ pub struct Webhook {
     pub https: SocketAddr,
     pub http: SocketAddr,
     pub config_path: PathBuf,
+    /// Extra environment for the `layerlink serve` process.
+    env: Vec<(String, String)>,
 }
 
 /// A free loopback port (bound then released; the server binds it right after).
@@ -41,8 +43,23 @@ pub fn make_certs(dir: &Path) {
 impl Webhook {
     /// Starts the server with `extra` YAML appended to a config that sets listen and tls.
     pub fn start(extra: &str) -> Webhook {
+        Webhook::start_with(extra, &[], None)
+    }
+
+    /// Like [`Webhook::start`], with extra environment for the process (e.g. `KUBECONFIG`, so
+    /// the server reads pull secrets from a cluster) and, when `certs` is given, the `ca.crt`,
+    /// `tls.crt` and `tls.key` from that directory instead of freshly generated ones.
+    pub fn start_with(extra: &str, env: &[(&str, &str)], certs: Option<&Path>) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
-        make_certs(dir.path());
+        match certs {
+            Some(from) => {
+                for file in ["ca.crt", "tls.crt", "tls.key"] {
+                    std::fs::copy(from.join(file), dir.path().join(file))
+                        .unwrap_or_else(|e| panic!("copy {}: {e}", from.join(file).display()));
+                }
+            }
+            None => make_certs(dir.path()),
+        }
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = format!(
@@ -51,7 +68,8 @@ impl Webhook {
         );
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let mut webhook = Webhook { child: None, dir, https, http, config_path };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut webhook = Webhook { child: None, dir, https, http, config_path, env };
         webhook.spawn();
         webhook
     }
@@ -62,6 +80,7 @@ impl Webhook {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("LAYERLINK_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
