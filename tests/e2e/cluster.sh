@@ -73,6 +73,12 @@ pid_of() {
   printf '%s\n' "$pid"
 }
 
+# running PID: a process this shell started is still running (unlike pid_of, also in the moment
+# between fork and exec, while its command line is still this script's).
+running() {
+  [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo Z) != Z ]]
+}
+
 stop_one() {
   local dir=$1 name=$2 pid i
   if pid=$(pid_of "$dir" "$name"); then
@@ -236,7 +242,7 @@ cmd_up() {
 
   local i
   for ((i = 0; i < 100; i++)); do
-    pid_of "$dir" etcd >/dev/null || die "etcd exited"
+    running "$(<"$dir/etcd.pid")" || die "etcd exited"
     if (exec 3<>"/dev/tcp/127.0.0.1/$etcd_port") 2>/dev/null; then break; fi
     sleep 0.1
   done
@@ -318,7 +324,7 @@ EOF
   local timeout=${LAYERLINK_E2E_READY_TIMEOUT:-90} start=$SECONDS out=""
   while :; do
     for name in "${PROCS[@]}"; do
-      pid_of "$dir" "$name" >/dev/null || die "$name exited during startup"
+      running "$(<"$dir/$name.pid")" || die "$name exited during startup"
     done
     out=$(kubectl --kubeconfig "$dir/kubeconfig" --request-timeout=5s get --raw /readyz 2>&1 || true)
     if [[ $out == ok ]] \

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# tests/e2e/run.sh: the e2e tier (`make e2e`).
+#
+# Usage:   tests/e2e/run.sh
+# Steps:   apiserver.sh (installs etcd; builds kube-apiserver v1.20.2 once and caches it), then
+#          `cargo test --test e2e -- --ignored --nocapture --test-threads=1` (tests/e2e.rs), which
+#          brings one cluster up with cluster.sh, runs every scenario and prints
+#          `scenario N (name): ok|FAILED: why` for each. Exit status: that of cargo test.
+# Cleanup: the test stops its cluster itself (also when a scenario fails or panics); this script
+#          runs `cluster.sh down` on exit as well (idempotent), so an interrupted or killed test
+#          leaves no etcd or kube-apiserver behind. The work dir (cluster logs, audit log) is
+#          removed on success and kept, with its path printed, on failure.
+# Environment: LAYERLINK_E2E_ONLY=1,5 (run only those scenarios), LAYERLINK_E2E_KEEP=1 (keep the
+#          work dir), CARGO (default cargo), and everything apiserver.sh/cluster.sh read.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+CARGO=${CARGO:-cargo}
+
+log() { printf '[run.sh +%ss] %s\n' "$SECONDS" "$*" >&2; }
+
+LAYERLINK_E2E_KUBE_APISERVER=$(bash tests/e2e/apiserver.sh | tail -n1)
+export LAYERLINK_E2E_KUBE_APISERVER
+log "kube-apiserver: $LAYERLINK_E2E_KUBE_APISERVER ($("$LAYERLINK_E2E_KUBE_APISERVER" --version))"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/layerlink-e2e.XXXXXX")
+export LAYERLINK_E2E_WORK=$WORK
+OK=0
+cleanup() {
+  local rc=$?
+  bash tests/e2e/cluster.sh down "$WORK/cluster" || true
+  if [[ $OK == 1 && ${LAYERLINK_E2E_KEEP:-0} != 1 ]]; then
+    rm -rf "$WORK"
+  else
+    log "work dir kept: $WORK (cluster logs and audit log in $WORK/cluster)"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$CARGO" test --test e2e -- --ignored --nocapture --test-threads=1
+OK=1
+log "e2e passed in ${SECONDS}s"
