@@ -77,8 +77,9 @@ fn e2e() {
         (9, "pod templates pinned only with workloads.templates", templates),
         (10, "pull secrets: a private image pinned with the pod's namespace's secret", pull_secrets),
         (11, "the rendered manifests' webhook configuration and RBAC", rendered_manifests),
-        // SLOT: scenario 12 (pre-pull, issue 6), wired later by the lead:
-        // (12, "pre-pull init containers injected and restricted", prepull),
+        (12, "pre-pull init containers injected, pinned and restricted", prepull),
+        (13, "layerlink certs --apply writes the Secret and the caBundle", certs_apply),
+        (14, "layerlink audit lists unpinned pods from the cluster", audit_command),
     ];
     let only: Option<Vec<u32>> = std::env::var("LAYERLINK_E2E_ONLY")
         .ok()
@@ -526,6 +527,213 @@ fn rendered_manifests(ctx: &mut Ctx) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// 12. Pre-pull (issue 6): an app built on a configured base (its layers a prefix of the app's)
+///     is stored pinned, with the `layerlink-tools` and `layerlink-prepull-base` init containers
+///     (base and tools pinned by digest) after the pod's own, the emptyDir, the annotation, and
+///     the whole pod passes the restricted Pod Security Standard (1.20 has no PodSecurity
+///     admission, so its rules are checked here).
+fn prepull(ctx: &mut Ctx) -> Result<(), String> {
+    let base = Image::new(vec![layer(&[("etc/os-release", b"ID=base\n")]), layer(&[("usr/lib/base", b"runtime")])]);
+    let app = Image::on(&base, vec![layer(&[("app/bin", b"the app")])]);
+    ctx.registry.push("team/base", "v1", &base);
+    ctx.registry.push("team/built-on-base", "v1", &app);
+    ctx.registry.push("team/tools", "v1", &image("tools"));
+    let more = format!(
+        "prepull:\n  enabled: true\n  detect: layers\n  toolsImage: \"{}\"\n  bases: [{{ image: \"{}\" }}]\n",
+        ctx.img("team/tools:v1"),
+        ctx.img("team/base:v1")
+    );
+    let with_prepull = ctx.start_layerlink("allow", &more, None);
+    ctx.install(vec![ctx.layerlink_config(&with_prepull, mode_is("enforce"), "Fail")])?;
+    let ns = "s12-prepull";
+    ctx.namespace(ns, &[(MODE, "enforce")])?;
+    let mut sent =
+        pod(ns, "on-base", &[("migrate", ctx.img("team/init:v1"))], &[("app", ctx.img("team/built-on-base:v1"))]);
+    sent["spec"]["securityContext"] =
+        json!({"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
+    for list in ["initContainers", "containers"] {
+        for c in sent["spec"][list].as_array_mut().unwrap() {
+            c["securityContext"] = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+        }
+    }
+    // The first look at a new image may finish after the budget (then the pod is admitted
+    // without injection); a dry run lets it finish, as any earlier pod would.
+    ctx.kubectl.ok(&["create", "--dry-run=server", "-f", "-"], Some(&sent.to_string()))?;
+    ctx.kubectl.create(&sent)?;
+    let stored = ctx.kubectl.get("pod", ns, "on-base")?;
+    let base_pinned = ctx.pinned("team/base", "v1");
+    let tools_pinned = ctx.pinned("team/tools", "v1");
+    expect_images(
+        &stored,
+        "/spec",
+        &[
+            ("initContainers/migrate", ctx.pinned("team/init", "v1")),
+            ("initContainers/layerlink-tools", tools_pinned),
+            ("initContainers/layerlink-prepull-base", base_pinned.clone()),
+            ("containers/app", ctx.pinned("team/built-on-base", "v1")),
+        ],
+    )?;
+    let order: Vec<&str> =
+        stored["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap_or("")).collect();
+    expect_eq("init container order", &order, &vec!["migrate", "layerlink-tools", "layerlink-prepull-base"])?;
+    let annotation = stored["metadata"]["annotations"]["layerlink.io/prepull"].as_str().unwrap_or("");
+    ensure(annotation.contains(&base_pinned), format!("layerlink.io/prepull = {annotation:?}"))?;
+    ensure(
+        stored["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["name"] == "layerlink-tools" && v["emptyDir"].is_object()),
+        "no layerlink-tools emptyDir volume".to_string(),
+    )?;
+    let violations = restricted_violations(&stored);
+    ensure(violations.is_empty(), format!("restricted Pod Security violations: {violations:?}"))?;
+    // The check can fail: the same pod without the injected containers' hardening would not pass.
+    let mut weakened = stored.clone();
+    weakened["spec"]["initContainers"][2]["securityContext"]["allowPrivilegeEscalation"] = json!(true);
+    ensure(!restricted_violations(&weakened).is_empty(), "the restricted check accepts a weakened pod".to_string())?;
+    drop(with_prepull);
+    Ok(())
+}
+
+/// The restricted Pod Security Standard (pod-security-admission, "restricted", latest) for the
+/// fields a pod can set: what the PodSecurity admission plugin would refuse.
+fn restricted_violations(pod: &Value) -> Vec<String> {
+    let spec = &pod["spec"];
+    let mut out = Vec::new();
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[host] == json!(true) {
+            out.push(format!("{host} is true"));
+        }
+    }
+    let allowed_volumes = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+        "image",
+    ];
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        let kinds: Vec<&String> = volume.as_object().unwrap().keys().filter(|k| *k != "name").collect();
+        if kinds.iter().any(|k| !allowed_volumes.contains(&k.as_str())) {
+            out.push(format!("volume {} has a restricted type {kinds:?}", volume["name"]));
+        }
+    }
+    let pod_sc = &spec["securityContext"];
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec[list].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or("?");
+            let sc = &c["securityContext"];
+            if sc["privileged"] == json!(true) {
+                out.push(format!("{name}: privileged"));
+            }
+            if sc["allowPrivilegeEscalation"] != json!(false) {
+                out.push(format!("{name}: allowPrivilegeEscalation is not false"));
+            }
+            let drops = sc["capabilities"]["drop"].as_array().cloned().unwrap_or_default();
+            if !drops.contains(&json!("ALL")) {
+                out.push(format!("{name}: capabilities.drop lacks ALL"));
+            }
+            if sc["capabilities"]["add"].as_array().into_iter().flatten().any(|a| a != "NET_BIND_SERVICE") {
+                out.push(format!("{name}: adds capabilities"));
+            }
+            let non_root = if sc["runAsNonRoot"].is_boolean() { &sc["runAsNonRoot"] } else { &pod_sc["runAsNonRoot"] };
+            if non_root != &json!(true) {
+                out.push(format!("{name}: runAsNonRoot is not true"));
+            }
+            let user = if sc["runAsUser"].is_number() { &sc["runAsUser"] } else { &pod_sc["runAsUser"] };
+            if user == &json!(0) {
+                out.push(format!("{name}: runAsUser 0"));
+            }
+            let seccomp =
+                if sc["seccompProfile"].is_object() { &sc["seccompProfile"] } else { &pod_sc["seccompProfile"] };
+            if !matches!(seccomp["type"].as_str(), Some("RuntimeDefault" | "Localhost")) {
+                out.push(format!("{name}: seccompProfile is not RuntimeDefault or Localhost"));
+            }
+            if c["ports"].as_array().into_iter().flatten().any(|p| p["hostPort"].as_u64().unwrap_or(0) != 0) {
+                out.push(format!("{name}: hostPort"));
+            }
+        }
+    }
+    out
+}
+
+/// 13. `layerlink certs --apply` (issue 7): writes the `kubernetes.io/tls` Secret in
+///     layerlink-system and sets every entry's caBundle of the configuration `layerlink`; a
+///     layerlink serving the new certificate, reached with the applied caBundle, pins a pod.
+fn certs_apply(ctx: &mut Ctx) -> Result<(), String> {
+    ctx.install(vec![ctx.standard()])?;
+    let out = ctx.kubectl.run(&["create", "namespace", "layerlink-system"], None);
+    ensure(out.ok || out.stderr.contains("AlreadyExists"), format!("namespace: {}", out.stderr))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    run(Command::new(env!("CARGO_BIN_EXE_layerlink"))
+        .env("KUBECONFIG", &ctx.cluster.dir.join("kubeconfig"))
+        .args(["certs", "--out"])
+        .arg(dir.path())
+        .args(["--dns", "127.0.0.1", "--apply"]))?;
+    let ca_pem = std::fs::read(dir.path().join("ca.crt")).map_err(|e| e.to_string())?;
+    let ca_bundle = B64.encode(&ca_pem);
+    let secret = ctx.kubectl.get("secret", "layerlink-system", "layerlink-tls")?;
+    expect_eq("secret type", &secret["type"], &json!("kubernetes.io/tls"))?;
+    expect_eq("secret ca.crt", &secret["data"]["ca.crt"], &json!(ca_bundle))?;
+    for key in ["tls.crt", "tls.key"] {
+        ensure(secret["data"][key].as_str().is_some_and(|v| !v.is_empty()), format!("secret has no {key}"))?;
+    }
+    let applied = ctx.kubectl.get("mutatingwebhookconfiguration", "", "layerlink")?;
+    let bundles: Vec<&Value> =
+        applied["webhooks"].as_array().unwrap().iter().map(|w| &w["clientConfig"]["caBundle"]).collect();
+    expect_eq("caBundles", &bundles, &vec![&json!(ca_bundle); 2])?;
+
+    let served = ctx.start_layerlink("allow", "", Some(dir.path()));
+    let mut config = ctx.layerlink_config(&served, mode_is("enforce"), "Fail");
+    for (webhook, applied) in
+        config["webhooks"].as_array_mut().unwrap().iter_mut().zip(applied["webhooks"].as_array().unwrap())
+    {
+        webhook["clientConfig"]["caBundle"] = applied["clientConfig"]["caBundle"].clone();
+    }
+    ctx.install(vec![config])?;
+    let ns = "s13-enforce";
+    ctx.namespace(ns, &[(MODE, "enforce")])?;
+    ctx.kubectl.create(&pod(ns, "rotated", &[], &[("app", ctx.img("team/app:v1"))]))?;
+    let stored = ctx.kubectl.get("pod", ns, "rotated")?;
+    expect_images(&stored, "/spec", &[("containers/app", ctx.pinned("team/app", "v1"))])?;
+    drop(served);
+    Ok(())
+}
+
+/// 14. `layerlink audit` (issue 4) lists, read-only, the unpinned containers of pods running in
+///     the cluster with what they would pin to.
+fn audit_command(ctx: &mut Ctx) -> Result<(), String> {
+    ctx.install(vec![ctx.standard()])?;
+    let ns = "s14-unpinned";
+    ctx.namespace(ns, &[])?;
+    let sent = pod(ns, "old", &[("init", ctx.img("team/init:v1"))], &[("app", ctx.img("team/app:nope"))]);
+    ctx.kubectl.create(&sent)?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, format!("registries: [{{ host: \"{}\", plainHttp: true }}]\n", ctx.registry.host()))
+        .map_err(|e| e.to_string())?;
+    let output = run(Command::new(env!("CARGO_BIN_EXE_layerlink"))
+        .env("KUBECONFIG", &ctx.cluster.dir.join("kubeconfig"))
+        .args(["audit", "-n", ns, "-o", "json", "--config"])
+        .arg(&config))?;
+    let rows: Vec<Value> = serde_json::from_str(&output).map_err(|e| format!("audit -o json: {e}: {output}"))?;
+    let row = |container: &str| rows.iter().find(|r| r["name"] == "old" && r["container"] == container).cloned();
+    let init = row("init").ok_or(format!("no row for the init container: {rows:?}"))?;
+    expect_eq("init would pin to", &init["wouldPinTo"], &json!(ctx.pinned("team/init", "v1")))?;
+    let app = row("app").ok_or(format!("no row for the app container: {rows:?}"))?;
+    ensure(
+        app["reason"].as_str().is_some_and(|r| r.contains("tag nope of team/app not found")),
+        format!("app row: {app}"),
+    )?;
+    let stored = ctx.kubectl.get("pod", ns, "old")?;
+    expect_eq("images (audit is read-only)", &images_at(&stored, "/spec"), &images_at(&sent, "/spec"))
 }
 
 // ---------------------------------------------------------------------------------------------
