@@ -81,6 +81,10 @@ impl Reference {
             }
             Some(host) => (host.to_string(), path.to_string()),
         };
+        // Distribution checks the length of the normalised name (`docker.io/library/…`).
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+            return Err(fail("repository name longer than 255 characters"));
+        }
         Ok(Reference { registry, repository, tag, digest })
     }
 
@@ -327,6 +331,10 @@ mod tests {
             assert_eq!(err.reason, reason, "{bad}");
         }
         assert!(Reference::parse(&"a".repeat(256)).is_err());
+        // 250 characters is a valid name as written, but not once it is docker.io/library/….
+        let err = Reference::parse(&format!("{}:v1", "a".repeat(250))).unwrap_err();
+        assert_eq!(err.reason, "repository name longer than 255 characters");
+        assert!(Reference::parse(&format!("{}:v1", "a".repeat(237))).is_ok());
         assert!(Reference::parse(&format!("nginx:{}", "t".repeat(129))).is_err());
     }
 
