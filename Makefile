@@ -20,7 +20,7 @@ run: build certs
 ## Unit, integration (real registry) and manifest tests.
 test:
 	hack/test-deps.sh
-	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --lib --bins --tests --no-fail-fast
 
 lint:
 	$(CARGO) fmt --check
