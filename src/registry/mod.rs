@@ -528,15 +528,18 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 fn request_error(host: &str, e: reqwest::Error, timeout: Duration) -> Error {
-    let mut chain = String::new();
+    // The causes, without reqwest's and hyper's wrappers (they repeat the URL, which the
+    // message names anyway): "dns error: failed to lookup address information: …".
+    let mut causes = Vec::new();
     let mut source: Option<&dyn std::error::Error> = Some(&e);
     while let Some(err) = source {
-        if !chain.is_empty() {
-            chain.push_str(": ");
+        let text = err.to_string();
+        if !text.starts_with("error sending request") && !text.starts_with("client error (") {
+            causes.push(text);
         }
-        chain.push_str(&err.to_string());
         source = err.source();
     }
+    let chain = if causes.is_empty() { e.to_string() } else { causes.join(": ") };
     if let Some(i) = chain.find("refused by the network guard: ") {
         let reason = chain[i + "refused by the network guard: ".len()..].split(": ").next().unwrap_or("").to_string();
         return Error::Refused { registry: host.into(), reason };
