@@ -171,7 +171,7 @@ fn init_json_logs() {
 }
 
 fn init_text_logs() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(env_filter_default("warn")).init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(env_filter_default("error")).init();
 }
 
 fn env_filter() -> tracing_subscriber::EnvFilter {
