@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= examples/config.yaml
 SELF_SIGNED := manifests/overlays/self-signed
 
-.PHONY: build run certs test lint e2e bench manifests image clean-certs
+.PHONY: build run certs test lint e2e bench soak fuzz manifests image clean-certs
 
 build:
 	$(CARGO) build --release --bin layerlink
@@ -30,6 +30,22 @@ lint:
 e2e:
 	hack/test-deps.sh
 	bash tests/e2e/run.sh
+
+## layerlink against the floor webhook: throughput, latency at a fixed rate, the cold path, cache memory.
+bench:
+	hack/test-deps.sh
+	$(CARGO) bench --bench webhook
+
+## 10 minutes at a fixed rate with cached, uncached, not-found and invalid reviews while the
+## registry restarts twice (SOAK_SECS, SOAK_RATE).
+soak: build
+	hack/test-deps.sh
+	$(CARGO) bench --bench soak
+
+## Each cargo-fuzz target for FUZZ_SECS seconds (default 60); crashes are saved under fuzz/artifacts.
+FUZZ_SECS ?= 60
+fuzz:
+	hack/fuzz.sh $(FUZZ_SECS)
 
 ## Render the overlays into dist/ (self-signed certs generated on first use).
 manifests:

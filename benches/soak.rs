@@ -117,7 +117,9 @@ fn main() {
         }
     });
     let rss_start = rss_kib(pid);
-    eprintln!("soak: {secs}s at {rate} req/s against pid {pid} (RSS {rss_start} KiB); registry restarts at 1/3 and 2/3");
+    eprintln!(
+        "soak: {secs}s at {rate} req/s against pid {pid} (RSS {rss_start} KiB); registry restarts at 1/3 and 2/3"
+    );
 
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -178,11 +180,16 @@ fn main() {
 
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct =
+        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
     let errors = errors.lock().unwrap();
     let nproc = String::from_utf8(Command::new("nproc").output().unwrap().stdout).unwrap_or_default();
     println!("soak ({}, {} cores; server pinned to core 0)", chrono_like_date(), nproc.trim());
-    println!("  duration            {:.0}s at {rate} req/s, {} requests", elapsed.as_secs_f64(), sent.load(Ordering::Relaxed));
+    println!(
+        "  duration            {:.0}s at {rate} req/s, {} requests",
+        elapsed.as_secs_f64(),
+        sent.load(Ordering::Relaxed)
+    );
     println!("  mix                 5 cached : 2 uncached : 2 not found : 1 invalid (per 10)");
     println!("  registry restarts   2 (each down 3s)");
     println!("  server errors       {}", errors.len());

@@ -673,7 +673,7 @@ fn certs_apply(ctx: &mut Ctx) -> Result<(), String> {
     ensure(out.ok || out.stderr.contains("AlreadyExists"), format!("namespace: {}", out.stderr))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     run(Command::new(env!("CARGO_BIN_EXE_layerlink"))
-        .env("KUBECONFIG", &ctx.cluster.dir.join("kubeconfig"))
+        .env("KUBECONFIG", ctx.cluster.dir.join("kubeconfig"))
         .args(["certs", "--out"])
         .arg(dir.path())
         .args(["--dns", "127.0.0.1", "--apply"]))?;
@@ -720,7 +720,7 @@ fn audit_command(ctx: &mut Ctx) -> Result<(), String> {
     std::fs::write(&config, format!("registries: [{{ host: \"{}\", plainHttp: true }}]\n", ctx.registry.host()))
         .map_err(|e| e.to_string())?;
     let output = run(Command::new(env!("CARGO_BIN_EXE_layerlink"))
-        .env("KUBECONFIG", &ctx.cluster.dir.join("kubeconfig"))
+        .env("KUBECONFIG", ctx.cluster.dir.join("kubeconfig"))
         .args(["audit", "-n", ns, "-o", "json", "--config"])
         .arg(&config))?;
     let rows: Vec<Value> = serde_json::from_str(&output).map_err(|e| format!("audit -o json: {e}: {output}"))?;
