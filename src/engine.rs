@@ -92,23 +92,31 @@ impl Engine {
     /// Resolves every unpinned, non-excluded image of `sites` by `deadline`.
     pub async fn plan(&self, sites: Vec<Site>, keychain: &Arc<Keychain>, deadline: Deadline) -> Plan {
         let mut plan = Plan::default();
-        let mut wanted: Vec<(Site, Reference)> = Vec::new();
+        // Each site with its reference and fully qualified name, computed once: the name is the
+        // cache key and what exclusion globs match.
+        let mut wanted: Vec<(Site, Reference, Arc<str>)> = Vec::new();
         for site in sites {
             match Reference::parse(&site.image) {
                 Err(e) => plan.problems.push(Problem { site, reason: e.to_string(), cause: "invalid_reference" }),
                 Ok(r) if r.is_pinned() => plan.already_pinned += 1,
-                Ok(r) if self.is_excluded(&site.image, &r) => plan.excluded += 1,
-                Ok(r) => wanted.push((site, r)),
+                Ok(r) => {
+                    let name: Arc<str> = r.to_string().into();
+                    if self.is_excluded_name(&site.image, &name) {
+                        plan.excluded += 1;
+                    } else {
+                        wanted.push((site, r, name));
+                    }
+                }
             }
         }
-        let mut unique: Vec<&Reference> = wanted.iter().map(|(_, r)| r).collect();
-        unique.sort_by_key(|r| r.to_string());
-        unique.dedup();
-        let lookups = unique.iter().map(|r| self.resolver.resolve(r, keychain, deadline));
-        let results: HashMap<&Reference, Result<Resolved, Arc<Error>>> =
-            unique.iter().copied().zip(futures::future::join_all(lookups).await).collect();
-        for (site, reference) in &wanted {
-            match &results[reference] {
+        let mut unique: Vec<(&Reference, &Arc<str>)> = wanted.iter().map(|(_, r, n)| (r, n)).collect();
+        unique.sort_unstable_by(|a, b| a.1.cmp(b.1));
+        unique.dedup_by(|a, b| a.1 == b.1);
+        let lookups = unique.iter().map(|(r, n)| self.resolver.resolve_named(r, Arc::clone(n), keychain, deadline));
+        let results: HashMap<&str, Result<Resolved, Arc<Error>>> =
+            unique.iter().map(|(_, n)| &***n).zip(futures::future::join_all(lookups).await).collect();
+        for (site, reference, name) in &wanted {
+            match &results[&**name] {
                 Ok(resolved) => plan.pins.push(Pin {
                     pinned: reference::pin(&site.image, reference, &resolved.digest, self.config.resolve.keep_tag),
                     digest: resolved.digest.clone(),
@@ -125,9 +133,14 @@ impl Engine {
         plan
     }
 
+    /// Whether `exclude.images` matches the image as written or fully qualified.
     pub fn is_excluded(&self, written: &str, reference: &Reference) -> bool {
+        !self.excluded_images.is_empty() && self.is_excluded_name(written, &reference.to_string())
+    }
+
+    fn is_excluded_name(&self, written: &str, name: &str) -> bool {
         !self.excluded_images.is_empty()
-            && (self.excluded_images.is_match(written) || self.excluded_images.is_match(reference.to_string()))
+            && (self.excluded_images.is_match(written) || self.excluded_images.is_match(name))
     }
 }
 

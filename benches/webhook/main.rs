@@ -21,7 +21,8 @@
 //! layerlink with LAYERLINK_LOG=warn to show what per-review logging costs), BENCH_KEEP (0: keep
 //! the temp dir with server logs), BENCH_HOLD_SECS (0: after the runs, keep the warm layerlink
 //! serving this long, for attaching a profiler; its pid and address are printed), BENCH_PERF (a
-//! directory: `perf record` each server during the closed loop into DIR/<label>.perf.data).
+//! directory: `perf record` each server during the closed loop into DIR/<label>.perf.data; see
+//! perf-breakdown.py beside this file for a per-review cost breakdown).
 //!
 //! Extra modes (not part of the table): `cargo bench --bench webhook -- cache-rss [hashmap |
 //! moka-ttl | compact | compact-ttl]` (cache memory layouts, see rss.rs) and `-- parse-cost`

@@ -139,6 +139,7 @@ fn enforce(
     let uid = request.uid.as_str();
     let pinned: Vec<String> = plan.pins.iter().map(|p| format!("{} → {}", p.site.image, p.digest)).collect();
     let problems: Vec<String> = plan.problems.iter().map(|p| format!("{}: {}", p.site.image, p.reason)).collect();
+    let (pinned_log, problems_log) = (pinned.join(", "), problems.join("; "));
     tracing::info!(
         uid,
         kind = %request.kind.kind,
@@ -146,8 +147,8 @@ fn enforce(
         operation = %request.operation,
         mode = "enforce",
         dry_run = request.is_dry_run(),
-        ?pinned,
-        ?problems,
+        pinned = %pinned_log,
+        problems = %problems_log,
         "review"
     );
     if !plan.problems.is_empty() && engine.config.resolve.on_error == crate::config::OnError::Deny {

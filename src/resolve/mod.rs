@@ -68,8 +68,18 @@ impl Resolver {
         keychain: &Arc<Keychain>,
         deadline: Deadline,
     ) -> Result<Resolved, Arc<Error>> {
-        let key =
-            Key { name: reference.to_string().into(), credential: self.registries.credential_id(reference, keychain) };
+        self.resolve_named(reference, reference.to_string().into(), keychain, deadline).await
+    }
+
+    /// `resolve` with the reference's fully qualified name already computed (the cache key).
+    pub async fn resolve_named(
+        self: &Arc<Self>,
+        reference: &Reference,
+        name: Arc<str>,
+        keychain: &Arc<Keychain>,
+        deadline: Deadline,
+    ) -> Result<Resolved, Arc<Error>> {
+        let key = Key { name, credential: self.registries.credential_id(reference, keychain) };
         let stale = match self.cache.lookup(&key) {
             Lookup::Fresh(digest) => {
                 self.metrics.cache("hit");

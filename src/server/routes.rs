@@ -73,7 +73,9 @@ async fn review(
         .as_deref()
         .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("timeout=")).and_then(parse_timeout));
     let review = admission::handle(&state.engine, &state.edges, mode, &body, api_timeout).await;
-    let json = serde_json::to_vec(&review).expect("a review always serializes");
+    // Sized for a typical answer (a few pins and warnings) so the buffer rarely regrows.
+    let mut json = Vec::with_capacity(2048);
+    serde_json::to_writer(&mut json, &review).expect("a review always serializes");
     ([(header::CONTENT_TYPE, "application/json")], json)
 }
 
