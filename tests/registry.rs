@@ -104,6 +104,22 @@ async fn bearer_tokens_fetched_once_per_scope_and_credential() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn anonymous_bearer_tokens() {
+    let tokens = TokenServer::start_with(TokenOptions { anonymous_pull: true, ..Default::default() });
+    let registry = Registry::start_with(RegistryOptions { auth: Auth::Token(tokens), tls: false });
+    let digest = registry.push("library/app", "v1", &image("anonymous")).digest;
+    let host = registry.host();
+    let tokens = registry.token_server().unwrap();
+    tokens.reset_counts();
+    let e = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    assert_eq!(resolve(&e, &format!("{host}/library/app:v1"), &Arc::default()).await.unwrap(), digest);
+    let log = tokens.request_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(log[0].user.is_none(), "anonymous token request: {log:?}");
+    assert!(log[0].scopes.iter().any(|s| s == "repository:library/app:pull"), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tls_registry_with_a_private_ca() {
     let registry = Registry::start_with(RegistryOptions { auth: Auth::None, tls: true });
     let digest = registry.push("team/app", "v1", &image("tls")).digest;

@@ -281,3 +281,56 @@ async fn certificate_rotation_under_load_fails_no_request() {
     eprintln!("{ok} requests across a certificate rotation, 0 failed");
     assert!(webhook.log().contains("serving certificate reloaded"), "{}", webhook.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_fails_readiness_keeps_serving_then_exits() {
+    let mut webhook = Webhook::start("");
+    let review = fixtures::json("pod-create-simple.json");
+    let status = std::process::Command::new("kill").args(["-TERM", &webhook.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = reqwest::get(format!("http://{}/readyz", webhook.http)).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready once SIGTERM arrived");
+    // Still answering while the endpoint is being removed.
+    let response = webhook.review("/mutate", &review).await;
+    assert_eq!(response["allowed"], true);
+    let exit = tokio::task::block_in_place(|| webhook.wait_exit(Duration::from_secs(30)));
+    assert!(exit.is_some_and(|s| s.success()), "exits 0 after draining: {exit:?}\n{}", webhook.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_refuses_unpinned_images_and_audit_never_patches() {
+    let registry = Registry::start();
+    let digest = registry.push("team/app", "v1", &image("validate")).digest;
+    let host = registry.host();
+    let webhook = Webhook::start(&format!("{}exclude: {{ images: ['{host}/excluded/*'] }}\n", registry_config(&host)));
+    let unpinned = fixtures::with_images("pod-create-simple.json", |_| format!("{host}/team/app:v1"));
+    let response = webhook.review("/validate", &unpinned).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert_eq!(response["status"]["code"], 403);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{host}/team/app:v1 (web)")) && message.contains("pinned by digest"),
+        "{message}"
+    );
+    let pinned = fixtures::with_images("pod-create-simple.json", |_| format!("{host}/team/app:v1@{digest}"));
+    assert_eq!(webhook.review("/validate", &pinned).await["allowed"], true);
+    let excluded = fixtures::with_images("pod-create-simple.json", |_| format!("{host}/excluded/app:v1"));
+    assert_eq!(webhook.review("/validate", &excluded).await["allowed"], true, "exclusions apply");
+
+    // Audit: allowed, no patch, one warning per image, audit annotations.
+    let response = webhook.review("/audit?timeout=10s", &unpinned).await;
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "audit never mutates: {response}");
+    let warnings = response["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1);
+    let short = &digest[..19];
+    assert_eq!(warnings[0], format!("layerlink audit: would pin {host}/team/app:v1 → {short}…"));
+    let would_pin: Value = serde_json::from_str(response["auditAnnotations"]["would-pin"].as_str().unwrap()).unwrap();
+    assert_eq!(would_pin, json!({ format!("{host}/team/app:v1"): format!("{host}/team/app:v1@{digest}") }));
+    let metrics = webhook.metrics().await;
+    assert!(
+        metrics.contains("layerlink_audit_findings_total{namespace=\"fixtures\",result=\"would_pin\"} 1"),
+        "{metrics}"
+    );
+}

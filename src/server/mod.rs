@@ -8,13 +8,17 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{Engine, Error, admission::Edges};
 
+/// Time between failing readiness and closing the listener on SIGTERM.
+const DRAIN_DELAY: Duration = Duration::from_secs(5);
+
 pub struct Server {
     pub engine: Arc<Engine>,
     pub edges: Edges,
 }
 
 impl Server {
-    /// Serves until SIGTERM or Ctrl-C, then stops accepting and drains for up to 25s.
+    /// Serves until SIGTERM or Ctrl-C; then fails readiness, keeps serving 5s, stops accepting and
+    /// lets in-flight reviews finish (up to 20s more), within the pod's 30s grace period.
     pub async fn run(self) -> Result<(), Error> {
         let config = self.engine.config.clone();
         let tls = tls::load(&config.tls.cert_file, &config.tls.key_file).await?;
@@ -41,9 +45,13 @@ impl Server {
         let signal_state = state.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: draining in-flight reviews");
+            // Fail readiness first and keep serving while the endpoint is removed from the
+            // Service (the API server may still pick this pod for a few seconds), then stop
+            // accepting and let in-flight reviews finish.
+            tracing::info!("shutting down: not ready, draining in {}s", DRAIN_DELAY.as_secs());
             signal_state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
-            signal_handle.graceful_shutdown(Some(Duration::from_secs(25)));
+            tokio::time::sleep(DRAIN_DELAY).await;
+            signal_handle.graceful_shutdown(Some(Duration::from_secs(20)));
             shutdown.notify_waiters();
         });
         let (https, http) = tokio::join!(https, http);
