@@ -43,8 +43,6 @@ pub enum Error {
     Timeout { registry: String, after_ms: u128 },
     #[error("{registry}: refused by the network guard: {reason}")]
     Refused { registry: String, reason: String },
-    #[error("invalid AdmissionReview: {0}")]
-    Review(String),
     #[error("tls: {0}")]
     Tls(String),
     #[error("kubernetes: {0}")]
@@ -66,7 +64,6 @@ impl Error {
             Error::Connect { .. } => "connect",
             Error::Timeout { .. } => "timeout",
             Error::Refused { .. } => "refused",
-            Error::Review(_) => "invalid_review",
             Error::Tls(_) => "tls",
             Error::Kube(_) => "kubernetes",
             Error::Io(_) => "io",

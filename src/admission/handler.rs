@@ -137,9 +137,9 @@ fn enforce(
     prepull: Vec<json_patch::PatchOperation>,
 ) -> (Response, &'static str) {
     let uid = request.uid.as_str();
-    let pinned: Vec<String> = plan.pins.iter().map(|p| format!("{} → {}", p.site.image, p.digest)).collect();
-    let problems: Vec<String> = plan.problems.iter().map(|p| format!("{}: {}", p.site.image, p.reason)).collect();
-    let (pinned_log, problems_log) = (pinned.join(", "), problems.join("; "));
+    let pinned = plan.pins.iter().map(|p| format!("{} → {}", p.site.image, p.digest)).collect::<Vec<_>>().join(", ");
+    let problems =
+        plan.problems.iter().map(|p| format!("{}: {}", p.site.image, p.reason)).collect::<Vec<_>>().join("; ");
     tracing::info!(
         uid,
         kind = %request.kind.kind,
@@ -147,13 +147,12 @@ fn enforce(
         operation = %request.operation,
         mode = "enforce",
         dry_run = request.is_dry_run(),
-        pinned = %pinned_log,
-        problems = %problems_log,
+        %pinned,
+        %problems,
         "review"
     );
     if !plan.problems.is_empty() && engine.config.resolve.on_error == crate::config::OnError::Deny {
-        let message =
-            format!("layerlink: cannot pin {}: {}", plural(plan.problems.len(), "image"), problems.join("; "));
+        let message = format!("layerlink: cannot pin {}: {}", plural(plan.problems.len(), "image"), problems);
         return (Response::deny(uid, 403, "Forbidden", message), "denied");
     }
     let mut warnings: Vec<String> =
