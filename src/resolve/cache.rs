@@ -1,11 +1,13 @@
 //! The digest cache: tag → digest with a TTL, a negative TTL for not-found, stale-if-error, and
-//! a bound on entries (moka, TinyLFU eviction).
+//! a bound on entries.
 //!
 //! Entries are keyed by the credential used, so one namespace never gets a digest that only
 //! another namespace's pull secret could see.
 
 use std::{
-    sync::Arc,
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -41,53 +43,79 @@ pub enum Lookup {
     Miss,
 }
 
+/// Sharded maps behind short mutexes. Expiry is checked on read (an entry past its life is a
+/// miss and is dropped); when a shard is full, expired entries go first, then an arbitrary one.
+/// Chosen over moka for memory: moka's eviction queues and per-entry timer wheel cost 300–400
+/// bytes per entry, this about 250 in all (see README, Performance).
 pub struct DigestCache {
-    entries: moka::sync::Cache<Key, Entry>,
+    shards: Box<[Mutex<HashMap<Key, Entry>>]>,
+    hasher: RandomState,
+    per_shard: usize,
     ttl: Duration,
+    /// How long a digest is kept: the larger of the TTL and stale-if-error.
+    positive_life: Duration,
+    negative_life: Duration,
 }
+
+/// Enough shards that two cores never wait on each other for long.
+const SHARDS: usize = 16;
 
 impl DigestCache {
     pub fn new(config: &config::Cache) -> Self {
-        let expiry = EntryExpiry { positive: config.ttl.max(config.stale_if_error), negative: config.negative_ttl };
-        let entries = moka::sync::Cache::builder().max_capacity(config.max_entries).expire_after(expiry).build();
-        DigestCache { entries, ttl: config.ttl }
+        // Never more than maxEntries in all: fewer shards for tiny bounds.
+        let max = config.max_entries.max(1) as usize;
+        let shards = max.min(SHARDS);
+        DigestCache {
+            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            per_shard: max / shards,
+            ttl: config.ttl,
+            positive_life: config.ttl.max(config.stale_if_error),
+            negative_life: config.negative_ttl,
+        }
+    }
+
+    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Entry>> {
+        &self.shards[self.hasher.hash_one(key) as usize % self.shards.len()]
+    }
+
+    fn life(&self, value: &Value) -> Duration {
+        match value {
+            Value::Digest(_) => self.positive_life,
+            Value::NotFound(_) => self.negative_life,
+        }
     }
 
     pub fn lookup(&self, key: &Key) -> Lookup {
-        let Some(entry) = self.entries.get(key) else { return Lookup::Miss };
+        let mut shard = self.shard(key).lock().unwrap();
+        let Some(entry) = shard.get(key) else { return Lookup::Miss };
         let age = entry.fetched.elapsed();
-        match entry.value {
-            Value::Digest(digest) if age < self.ttl => Lookup::Fresh(digest),
-            Value::Digest(digest) => Lookup::Stale(digest, age),
-            Value::NotFound(message) => Lookup::Negative(message),
+        if age >= self.life(&entry.value) {
+            shard.remove(key);
+            return Lookup::Miss;
+        }
+        match &entry.value {
+            Value::Digest(digest) if age < self.ttl => Lookup::Fresh(digest.clone()),
+            Value::Digest(digest) => Lookup::Stale(digest.clone(), age),
+            Value::NotFound(error) => Lookup::Negative(error.clone()),
         }
     }
 
     pub fn insert(&self, key: Key, value: Value) {
-        self.entries.insert(key, Entry { value, fetched: Instant::now() });
+        let mut shard = self.shard(&key).lock().unwrap();
+        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+            shard.retain(|_, e| e.fetched.elapsed() < self.life(&e.value));
+            if shard.len() >= self.per_shard
+                && let Some(victim) = shard.keys().next().cloned()
+            {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(key, Entry { value, fetched: Instant::now() });
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
-}
-
-struct EntryExpiry {
-    positive: Duration,
-    negative: Duration,
-}
-
-impl moka::Expiry<Key, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _key: &Key, entry: &Entry, _now: Instant) -> Option<Duration> {
-        Some(match entry.value {
-            Value::Digest(_) => self.positive,
-            Value::NotFound(_) => self.negative,
-        })
-    }
-
-    fn expire_after_update(&self, key: &Key, entry: &Entry, now: Instant, _left: Option<Duration>) -> Option<Duration> {
-        self.expire_after_create(key, entry, now)
+        self.shards.iter().map(|s| s.lock().unwrap().len() as u64).sum()
     }
 }
 
