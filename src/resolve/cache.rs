@@ -44,7 +44,7 @@ pub enum Lookup {
 }
 
 /// Sharded maps behind short mutexes. Expiry is checked on read (an entry past its life is a
-/// miss and is dropped); when a shard is full, expired entries go first, then an arbitrary one.
+/// miss and is dropped); when a shard is full, expired entries go first, then an arbitrary batch.
 /// Chosen over moka for memory: moka's eviction queues and per-entry timer wheel cost 300–400
 /// bytes per entry, this about 250 in all (see README, Performance).
 pub struct DigestCache {
@@ -105,10 +105,14 @@ impl DigestCache {
         let mut shard = self.shard(&key).lock().unwrap();
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             shard.retain(|_, e| e.fetched.elapsed() < self.life(&e.value));
-            if shard.len() >= self.per_shard
-                && let Some(victim) = shard.keys().next().cloned()
-            {
-                shard.remove(&victim);
+            if shard.len() >= self.per_shard {
+                // Free a batch, not one: otherwise every insert into a shard full of live
+                // entries would scan the whole shard again.
+                let batch = (self.per_shard / 64).max(1);
+                let victims: Vec<Key> = shard.keys().take(batch).cloned().collect();
+                for victim in victims {
+                    shard.remove(&victim);
+                }
             }
         }
         shard.insert(key, Entry { value, fetched: Instant::now() });
