@@ -70,7 +70,7 @@ pub fn decide(request: &AdmissionRequest, config: &Config) -> Decision {
 }
 
 /// The annotation on the object, or on the pod template of a workload.
-fn opted_out(object: &Value, shape: Shape) -> bool {
+pub(crate) fn opted_out(object: &Value, shape: Shape) -> bool {
     let skip = |meta: Option<&Value>| {
         meta.and_then(|m| m.pointer("/annotations")).and_then(|a| a.get(SKIP_ANNOTATION)).and_then(Value::as_str)
             == Some("true")

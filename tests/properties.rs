@@ -9,7 +9,9 @@
 //!     as pinned; every valid, unpinned, not excluded, resolvable image is changed;
 //! (c) planning again on the patched object gives an empty patch;
 //! (d) the admission handler on the patched review allows it with no patch;
-//! (e) on a CREATE the handler sends exactly the plan's patch.
+//! (e) on a CREATE the handler sends exactly the plan's patch;
+//! (f) the handler's read-only decode of the object (only the fields layerlink reads) finds the
+//!     same sites as the whole object.
 //! And the reference grammar: whatever parses, its fully qualified Display parses the same.
 //!
 //! The regression tests at the end reproduce crashes found by the fuzz targets in fuzz/.
@@ -417,6 +419,12 @@ fn check(world: &World, case: &Case) -> Result<(), TestCaseError> {
         let sent = patch_of(&response).unwrap_or(json_patch::Patch(vec![]));
         prop_assert_eq!(sent, patch);
     }
+
+    // (f) The read-only decode the handler uses sees the same images as the whole object.
+    let body = serde_json::to_vec(&review).unwrap();
+    let decoded: admission::review::AdmissionReview = serde_json::from_slice(&body).unwrap();
+    let read = decoded.request.unwrap().object.unwrap();
+    prop_assert_eq!(sites::find(shape, &read), sites);
     Ok(())
 }
 

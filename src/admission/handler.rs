@@ -59,7 +59,7 @@ pub async fn handle(
     let Some(request) = review.request else {
         return invalid(engine, path, "", &review.api_version, "the review has no request".into());
     };
-    let (response, result) = decide(engine, edges, mode, &request, api_timeout).await;
+    let (response, result) = decide(engine, edges, mode, &request, body, api_timeout).await;
     let elapsed = started.elapsed();
     engine.metrics.admission_duration.get_or_create(&PathLabels { path }).observe(elapsed.as_secs_f64());
     engine
@@ -85,6 +85,7 @@ async fn decide(
     edges: &Edges,
     mode: Mode,
     request: &AdmissionRequest,
+    body: &[u8],
     api_timeout: Option<Duration>,
 ) -> (Response, &'static str) {
     let uid = request.uid.as_str();
@@ -121,8 +122,12 @@ async fn decide(
         Mode::Enforce => {
             // Pre-pull containers only on a pod's creation: init containers are immutable after.
             let inject = engine.config.prepull.enabled && request.operation == "CREATE" && shape == sites::Shape::Pod;
-            let extra =
-                if inject { engine.prepull.ops(object, &plan.pins, &keychain, deadline).await } else { Vec::new() };
+            // Injection reads the whole pod (volumes, resources, init containers), not just images.
+            let whole = if inject { super::object::whole_object(body) } else { None };
+            let extra = match &whole {
+                Some(pod) => engine.prepull.ops(pod, &plan.pins, &keychain, deadline).await,
+                None => Vec::new(),
+            };
             enforce(engine, request, &plan, extra)
         }
         Mode::Audit => audit(engine, edges, request, &plan),

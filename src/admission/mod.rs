@@ -2,6 +2,7 @@
 
 pub mod fixtures;
 pub mod handler;
+pub mod object;
 pub mod review;
 
 pub use handler::{Edges, handle};

@@ -1,7 +1,8 @@
 //! AdmissionReview v1 on the wire: the request fields we read and the response we write.
 //!
-//! The object stays raw JSON (`serde_json::Value`) so no field is ever lost: we only ever emit
-//! JSON Patch ops against it.
+//! The object is read, never written back: the response is JSON Patch ops against the API
+//! server's own copy, so no field is ever lost. Only the fields layerlink reads are decoded
+//! (see `object`).
 
 use std::collections::BTreeMap;
 
@@ -29,9 +30,10 @@ pub struct AdmissionRequest {
     #[serde(default)]
     pub namespace: Option<String>,
     pub operation: String,
-    #[serde(default)]
+    /// Read-only: only the fields layerlink reads (see `object::read_only`).
+    #[serde(default, deserialize_with = "super::object::read_only")]
     pub object: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::object::read_only")]
     pub old_object: Option<Value>,
     #[serde(default)]
     pub dry_run: Option<bool>,
