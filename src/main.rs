@@ -78,7 +78,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, Error> {
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Serve { config } => {
-            init_json_logs();
+            let _logs = init_json_logs();
             let engine = Arc::new(Engine::new(Config::load(&config)?)?);
             Server { engine, edges: cluster_edges().await }.run().await?;
             Ok(ExitCode::SUCCESS)
@@ -166,8 +166,17 @@ async fn cluster_edges() -> Edges {
     }
 }
 
-fn init_json_logs() {
-    tracing_subscriber::fmt().json().flatten_event(true).with_current_span(false).with_env_filter(env_filter()).init();
+/// JSON lines on stdout, written in batches (see `layerlink::logs`); keep the guard until exit.
+fn init_json_logs() -> layerlink::logs::FlushGuard {
+    let (writer, guard) = layerlink::logs::batched(std::io::stdout());
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_writer(writer)
+        .with_env_filter(env_filter())
+        .init();
+    guard
 }
 
 fn init_text_logs() {

@@ -186,11 +186,12 @@ fn dry_run(ctx: &mut Ctx) -> Result<(), String> {
         &[("initContainers/init", ctx.pinned("team/init", "v1")), ("containers/app", ctx.pinned("team/app", "v1"))],
     )?;
     expect_not_found(&ctx.kubectl, "pod", ns, "dry")?;
-    let log = ctx.layerlink.log();
-    ensure(
-        log.lines().any(|l| l.contains("\"object\":\"s3-enforce/dry\"") && l.contains("\"dry_run\":true")),
-        format!("layerlink did not log a dry-run review of s3-enforce/dry:\n{}", tail(&log, 5)),
-    )
+    // Log lines are written in batches (src/logs.rs): give the line its flush interval.
+    let logged =
+        |log: &str| log.lines().any(|l| l.contains("\"object\":\"s3-enforce/dry\"") && l.contains("\"dry_run\":true"));
+    let log = wait_for(Duration::from_secs(5), || Some(ctx.layerlink.log()).filter(|l| logged(l)))
+        .unwrap_or_else(|| ctx.layerlink.log());
+    ensure(logged(&log), format!("layerlink did not log a dry-run review of s3-enforce/dry:\n{}", tail(&log, 5)))
 }
 
 /// 4. A second mutating webhook (sorted after layerlink) adds an init container with a tag

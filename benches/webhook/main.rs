@@ -5,7 +5,8 @@
 //!
 //! 1. a real `docker-registry` with bearer-token auth (anonymous pull) behind a counting proxy,
 //!    with images pushed by `skopeo` (tests/support);
-//! 2. the floor server (this executable re-run as `floor-server`) and the real
+//! 2. the floor server (this executable re-run as `floor-server`; "floor" parses the review
+//!    whole, "floor uid-only" decodes only the uid, see floor.rs) and the real
 //!    `target/release/layerlink serve`, each pinned with `taskset -c 0`, while this process (the
 //!    load generator, a current-thread tokio runtime) pins itself to core 1;
 //! 3. for each server: a warm-up, a closed loop (64 connections, max throughput), an open loop
@@ -55,6 +56,10 @@ use support::{Auth, Registry, RegistryOptions, TokenOptions, TokenServer, oci::I
 
 const LAYERLINK: &str = env!("CARGO_BIN_EXE_layerlink");
 const PATH: &str = "/mutate?timeout=10s";
+const FLOOR: &str = "floor";
+const FLOOR_UID: &str = "floor uid-only";
+const LAYERLINK_COL: &str = "layerlink";
+const LAYERLINK_WARN_COL: &str = "layerlink log=warn";
 
 struct Settings {
     secs: u64,
@@ -342,7 +347,8 @@ impl Bench {
         Server::spawn(command, https, dir.join(format!("{name}.log")))
     }
 
-    fn floor(&self, dir: &Path) -> Server {
+    /// The floor server; `decode` is `whole` or `uid` (see floor.rs).
+    fn floor(&self, dir: &Path, decode: &str) -> Server {
         let https = free_addr();
         let exe = std::env::current_exe().expect("current exe");
         let mut command = pinned(self.pin, 0, exe.to_str().expect("utf-8 path"));
@@ -353,8 +359,9 @@ impl Bench {
             .arg("--key")
             .arg(dir.join("tls.key"))
             .arg("--listen")
-            .arg(https.to_string());
-        Server::spawn(command, https, dir.join("floor.log"))
+            .arg(https.to_string())
+            .args(["--decode", decode]);
+        Server::spawn(command, https, dir.join(format!("floor-{decode}.log")))
     }
 
     /// Sends `body` once and returns the decoded response review plus the TLS description.
@@ -483,17 +490,22 @@ fn run(settings: Settings) {
     let s = &bench.settings;
 
     // The servers, all started up front (idle ones cost nothing) so the runs can interleave.
-    note("starting the floor and layerlink (warm cache), each pinned to core 0");
-    let floor = bench.floor(dir.path());
-    let (answer, tls_desc) = bench.once(&rt, floor.https, &warm_bodies[0]);
+    note("starting the floors and layerlink (warm cache), each pinned to core 0");
     let uid0 = serde_json::from_slice::<Value>(&warm_bodies[0]).unwrap()["request"]["uid"].clone();
-    assert_eq!(answer["response"]["allowed"], true, "{answer}");
-    assert!(answer["response"].get("patch").is_none(), "{answer}");
-    assert_eq!(answer["response"]["uid"], uid0, "floor echoes the uid");
-    let mut columns = vec![Column::new("floor", floor, bench.target_for(&warm_bodies))];
-    let mut levels = vec![("layerlink", "info")];
+    let mut columns = Vec::new();
+    let mut tls_desc = String::new();
+    for (label, decode) in [(FLOOR, "whole"), (FLOOR_UID, "uid")] {
+        let floor = bench.floor(dir.path(), decode);
+        let (answer, tls) = bench.once(&rt, floor.https, &warm_bodies[0]);
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        assert!(answer["response"].get("patch").is_none(), "{answer}");
+        assert_eq!(answer["response"]["uid"], uid0, "floor echoes the uid");
+        tls_desc = tls;
+        columns.push(Column::new(label, floor, bench.target_for(&warm_bodies)));
+    }
+    let mut levels = vec![(LAYERLINK_COL, "info")];
     if s.log_warn_variant {
-        levels.push(("layerlink log=warn", "warn"));
+        levels.push((LAYERLINK_WARN_COL, "warn"));
     }
     for (label, level) in levels {
         let server = bench.layerlink(dir.path(), &label.replace([' ', '='], "-"), &host, level);
@@ -559,7 +571,7 @@ fn run(settings: Settings) {
     }
     let registry_during_runs = proxy.count("", "/v2/") - registry_before;
     if s.hold_secs > 0 {
-        let ll = &columns[1].server;
+        let ll = &columns.iter().find(|c| c.label == LAYERLINK_COL).expect("layerlink column").server;
         note(format!("holding layerlink pid {} on {} for {} s (BENCH_HOLD_SECS)", ll.pid(), ll.https, s.hold_secs));
         std::thread::sleep(Duration::from_secs(s.hold_secs));
     }
@@ -657,8 +669,9 @@ fn run(settings: Settings) {
     );
     let _ = writeln!(
         w,
-        "floor: axum 0.8 + axum-server 0.9 + rustls/ring, same TLS config as src/server/tls.rs; parses into \
-         layerlink's AdmissionReview (object as serde_json::Value), answers allowed, no patch"
+        "floor: axum 0.8 + axum-server 0.9 + rustls/ring, same TLS config as src/server/tls.rs; parses the review \
+         (request fields as strings, object and oldObject whole as serde_json::Value), answers allowed, no patch; \
+         \"{FLOOR_UID}\": the same server decoding only apiVersion and request.uid (skips the object unread)"
     );
     let _ = writeln!(
         w,
@@ -674,13 +687,20 @@ fn run(settings: Settings) {
     );
     let _ = writeln!(w);
     let cols: Vec<&Column> = columns.iter().collect();
-    let floor_c = cols[0];
+    let col = |label: &str| *cols.iter().find(|c| c.label == label).expect("column");
+    let floor_c = col(FLOOR);
+    // Ratio columns: (header, numerator, denominator).
+    let mut ratios = vec![("ll/floor", col(LAYERLINK_COL), floor_c)];
+    if s.log_warn_variant {
+        ratios.push(("ll(warn)/floor", col(LAYERLINK_WARN_COL), floor_c));
+    }
+    ratios.push(("ll/uid-only", col(LAYERLINK_COL), col(FLOOR_UID)));
     let mut header = format!("{:<44}", "");
     for c in &cols {
         let _ = write!(header, "{:>20}", c.label);
     }
-    for c in &cols[1..] {
-        let _ = write!(header, "{:>16}", format!("{}/floor", if c.label == "layerlink" { "ll" } else { "ll(warn)" }));
+    for (name, _, _) in &ratios {
+        let _ = write!(header, "{name:>16}");
     }
     let _ = writeln!(w, "{header}");
     let row = |w: &mut String, name: &str, f: &dyn Fn(&Column) -> f64, fmt: &dyn Fn(f64) -> String, ratio: bool| {
@@ -689,8 +709,8 @@ fn run(settings: Settings) {
             let _ = write!(line, "{:>20}", fmt(f(c)));
         }
         if ratio {
-            for c in &cols[1..] {
-                let (a, b) = (f(c), f(floor_c));
+            for (_, num, den) in &ratios {
+                let (a, b) = (f(num), f(den));
                 let _ = write!(line, "{:>16}", if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() });
             }
         }
@@ -790,16 +810,18 @@ fn run(settings: Settings) {
         map_per_entry,
         field(&rss_line, "lookup_ns")
     );
-    let ll = cols.iter().find(|c| c.label == "layerlink").expect("layerlink column");
+    let ll = col(LAYERLINK_COL);
     let tput = ll.throughput() / floor_c.throughput();
+    let tput_uid = ll.throughput() / col(FLOOR_UID).throughput();
     let cpu_ratio = (floor_c.server_cpu_secs / floor_c.closed_ok().max(1) as f64)
         / (ll.server_cpu_secs / ll.closed_ok().max(1) as f64);
     let p99 = q(&corrected(ll), 0.99) / 1000.0;
     let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
     let _ = writeln!(
         w,
-        "issue 8 goals: throughput ≥ 0.9× floor: {tput:.2}× {} (by server CPU per review: {cpu_ratio:.2}×); p99 ≤ 2 ms \
-         at {} req/s: {p99:.3} ms {}; RSS ≤ 32 MiB per 100k: {per_100k_mib:.1} MiB {}",
+        "issue 8 goals: throughput ≥ 0.9× floor: {tput:.2}× {} (by server CPU per review: {cpu_ratio:.2}×; against \
+         the {FLOOR_UID} floor, which skips the object: {tput_uid:.2}×); p99 ≤ 2 ms at {} req/s: {p99:.3} ms {}; \
+         RSS ≤ 32 MiB per 100k: {per_100k_mib:.1} MiB {}",
         met(tput >= 0.9),
         s.rate,
         met(p99 <= 2.0),

@@ -1,84 +1,25 @@
-//! `parse-cost`: what decoding the bench review costs, single-threaded, in this process. Today's
-//! decode (layerlink's `AdmissionReview`, the object as a `serde_json::Value`) against a
-//! read-only projection that borrows only the fields layerlink reads (an experiment for issue 8:
-//! the patch is still computed as JSON Patch ops on pointers, nothing is re-serialized).
+//! `parse-cost`: what decoding the bench review costs, single-threaded, in this process, for each
+//! way of decoding it: the whole review as a `serde_json::Value` (what the floor does), kube-rs's
+//! typed `AdmissionReview<DynamicObject>` (what a kube-rs webhook does), layerlink's
+//! `AdmissionReview` (only the fields layerlink reads, see src/admission/object.rs), and only the
+//! uid (the floor's `uid-only` variant). Each figure is parse + drop.
 
-use std::{borrow::Cow, collections::BTreeMap, hint::black_box, time::Instant};
+use std::{hint::black_box, time::Instant};
 
 use bytes::Bytes;
+use kube::core::{DynamicObject, admission::AdmissionReview as KubeReview};
 use layerlink::admission::{fixtures, review::AdmissionReview};
 use serde::Deserialize;
+use serde_json::Value;
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Review<'a> {
-    #[serde(borrow)]
-    api_version: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    request: Option<Request<'a>>,
+struct UidReview {
+    request: Option<UidRequest>,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request<'a> {
-    #[serde(borrow)]
-    uid: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Gvk<'a>,
-    #[serde(borrow, default)]
-    namespace: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    operation: Cow<'a, str>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    object: Option<Object<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Gvk<'a> {
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-struct Object<'a> {
-    #[serde(borrow, default)]
-    metadata: Option<Metadata<'a>>,
-    #[serde(borrow, default)]
-    spec: Option<Spec<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Metadata<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    generate_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    annotations: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Spec<'a> {
-    #[serde(borrow, default)]
-    containers: Vec<Container<'a>>,
-    #[serde(borrow, default)]
-    init_containers: Vec<Container<'a>>,
-    #[serde(borrow, default)]
-    ephemeral_containers: Vec<Container<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Container<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    image: Option<Cow<'a, str>>,
+struct UidRequest {
+    uid: String,
 }
 
 fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
@@ -93,51 +34,30 @@ fn per_call(iterations: u32, mut f: impl FnMut()) -> f64 {
 }
 
 pub fn main() {
-    let review = fixtures::with_images("pod-create-multi.json", |old| match old {
-        "busybox:1.36" => "127.0.0.1:40000/library/busybox:1.36".into(),
-        "redis" => "127.0.0.1:40000/library/redis:7.2".into(),
-        "ghcr.io/org/app:v1.2.3" => "127.0.0.1:40000/org/app:v1.2.3".into(),
-        o if o.starts_with("registry.local:5000/team/app:1.0@") => "127.0.0.1:40000/team/app:1.0".into(),
-        pinned => pinned.to_string(),
-    });
+    let review = fixtures::json("pod-create-multi.json");
     let body = Bytes::from(serde_json::to_vec(&review).unwrap());
     let n = 20_000;
-    let value = per_call(n, || {
-        let r: AdmissionReview = serde_json::from_slice(black_box(&body)).unwrap();
-        black_box(&r);
+    let whole = per_call(n, || {
+        black_box(serde_json::from_slice::<Value>(black_box(&body)).unwrap());
     });
-    let projection = per_call(n, || {
-        let r: Review<'_> = serde_json::from_slice(black_box(&body)).unwrap();
-        let images = r
-            .request
-            .as_ref()
-            .and_then(|q| q.object.as_ref())
-            .and_then(|o| o.spec.as_ref())
-            .map(|s| s.containers.len() + s.init_containers.len() + s.ephemeral_containers.len())
-            .unwrap_or(0);
-        black_box((&r, images));
+    let kube = per_call(n, || {
+        black_box(serde_json::from_slice::<KubeReview<DynamicObject>>(black_box(&body)).unwrap());
     });
-    let r: Review<'_> = serde_json::from_slice(&body).unwrap();
-    let q = r.request.as_ref().unwrap();
-    let o = q.object.as_ref().unwrap();
-    let spec = o.spec.as_ref().unwrap();
-    let images = spec.containers.iter().chain(&spec.init_containers).chain(&spec.ephemeral_containers);
-    let meta = o.metadata.as_ref();
+    let layerlink = per_call(n, || {
+        black_box(serde_json::from_slice::<AdmissionReview>(black_box(&body)).unwrap());
+    });
+    let uid = per_call(n, || {
+        black_box(serde_json::from_slice::<UidReview>(black_box(&body)).unwrap());
+    });
+    // The decodes agree on what they share.
+    let ours = serde_json::from_slice::<AdmissionReview>(&body).unwrap().request.unwrap();
+    let theirs = serde_json::from_slice::<KubeReview<DynamicObject>>(&body).unwrap().request.unwrap();
+    assert_eq!(ours.uid, theirs.uid);
+    assert_eq!(serde_json::from_slice::<UidReview>(&body).unwrap().request.unwrap().uid, ours.uid);
     println!(
-        "review {} bytes ({} {} uid {} {} {} ns {} dryRun {:?}, {} annotations, name {:?}/{:?}, {} image fields, first container {:?}): \
-         AdmissionReview with the object as Value: {value:.1} µs (parse + drop); borrowed projection: {projection:.1} µs",
-        body.len(),
-        r.api_version,
-        r.kind,
-        q.uid,
-        q.kind.kind,
-        q.operation,
-        q.namespace.as_deref().unwrap_or(""),
-        q.dry_run,
-        meta.and_then(|m| m.annotations.as_ref()).map_or(0, |a| a.len()),
-        meta.and_then(|m| m.name.as_deref()),
-        meta.and_then(|m| m.generate_name.as_deref()),
-        images.filter(|c| c.image.is_some()).count(),
-        spec.containers.first().and_then(|c| c.name.as_deref()),
+        "review pod-create-multi.json, {} bytes; µs per decode (parse + drop): whole review as serde_json::Value \
+         {whole:.1}; kube-rs AdmissionReview<DynamicObject> {kube:.1}; layerlink AdmissionReview (fields it reads) \
+         {layerlink:.1}; uid only {uid:.1}",
+        body.len()
     );
 }

@@ -103,6 +103,19 @@ impl Webhook {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The log once `seen` holds for it (log lines are written in batches, see src/logs.rs), or
+    /// as it is after 5 s.
+    pub fn log_when(&self, seen: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if seen(&log) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.dir.path().join("ca.crt")).unwrap()
     }
