@@ -1,5 +1,6 @@
 //! The resolver against real registries: basic auth, bearer tokens, TLS with a private CA,
-//! mirrors, credential isolation, faults (outage, 429, hangs) and the SSRF guard.
+//! mirrors, credential isolation, faults (outage, 429, 5xx, hangs), the per-registry concurrency
+//! limit and the SSRF guard.
 
 mod support;
 
@@ -317,4 +318,52 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() {
     ));
     assert_eq!(resolve(&e, &format!("{host}/team/app:v1"), &Arc::default()).await.unwrap(), digest);
     assert_eq!(*seen.lock().unwrap(), vec![None], "the redirect target got no Authorization header");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_to_one_registry_stay_within_its_concurrency_limit() {
+    let registry = Registry::start();
+    let tags: Vec<String> = (0..8).map(|i| format!("v{i}")).collect();
+    for tag in &tags {
+        registry.push("team/app", tag, &image(tag));
+    }
+    let proxy = Proxy::start(registry.addr());
+    // Slow answers, so lookups that were let through together overlap at the proxy.
+    proxy.set_fault(Fault::Delay(Duration::from_millis(200)));
+    let e = engine(&format!(
+        "registries: [{{ host: '{}', plainHttp: true }}]\nresolve: {{ maxConcurrencyPerRegistry: 2 }}",
+        proxy.host()
+    ));
+    let images: Vec<String> = tags.iter().map(|tag| format!("{}/team/app:{tag}", proxy.host())).collect();
+    let anonymous = Arc::default();
+    let results = futures::future::join_all(images.iter().map(|image| resolve(&e, image, &anonymous))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(proxy.count("HEAD", "/manifests/"), 8, "{:?}", proxy.requests());
+    assert_eq!(proxy.max_in_flight(), 2, "8 lookups of distinct tags at once, at most 2 at the registry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_errors_are_counted_by_status_code() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("5xx"));
+    let proxy = Proxy::start(registry.addr());
+    proxy.set_fault(Fault::Status { code: 503, retry_after: None });
+    let e = engine(&format!("registries: [{{ host: '{}', plainHttp: true }}]", proxy.host()));
+    let image = format!("{}/team/app:v1", proxy.host());
+    let err = resolve(&e, &image, &Arc::default()).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "the error names the status: {err}");
+    let faulted = proxy.count("", "/manifests/");
+    proxy.set_fault(Fault::None);
+    resolve(&e, &image, &Arc::default()).await.unwrap();
+    let metrics = e.metrics.encode();
+    let count = |code: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("layerlink_registry_requests_total{"))
+            .filter(|l| l.contains(&format!("code=\"{code}\"")) && l.contains(&proxy.host()))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum::<usize>()
+    };
+    assert_eq!(count("503"), faulted, "every 503 counted:\n{metrics}");
+    assert_eq!(count("200"), 1, "and the answer after recovery:\n{metrics}");
 }

@@ -155,6 +155,26 @@ struct Rule {
 struct State {
     rule: Mutex<Rule>,
     requests: Mutex<Vec<(String, String, Option<String>)>>,
+    /// Requests being handled now, and the most seen at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight until dropped (when its answer is ready or it is abandoned).
+struct InFlight(Arc<State>);
+
+impl InFlight {
+    fn new(state: Arc<State>) -> InFlight {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl State {
@@ -220,6 +240,7 @@ impl Proxy {
                 let auth =
                     req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
                 st.requests.lock().unwrap().push((req.method().to_string(), path.clone(), auth));
+                let _in_flight = InFlight::new(st.clone());
                 let fault = st.take_fault(&path);
                 match fault {
                     Fault::Status { code, retry_after } => {
@@ -302,9 +323,15 @@ impl Proxy {
         self.server.connections()
     }
 
+    /// The most requests the proxy was handling at one time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Forget requests and connections seen so far (the fault stays).
     pub fn reset_counts(&self) {
         self.state.requests.lock().unwrap().clear();
+        self.state.max_in_flight.store(0, Ordering::SeqCst);
         self.server.reset_connections();
     }
 
