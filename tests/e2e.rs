@@ -709,32 +709,80 @@ fn certs_apply(ctx: &mut Ctx) -> Result<(), String> {
 }
 
 /// 14. `layerlink audit` (issue 4) lists, read-only, the unpinned containers of pods running in
-///     the cluster with what they would pin to.
+///     the cluster with what they would pin to; it follows `continue` across pages, and skips
+///     with a note (not an error) the kinds the cluster does not serve (404) or the user may not
+///     list (403).
 fn audit_command(ctx: &mut Ctx) -> Result<(), String> {
     ctx.install(vec![ctx.standard()])?;
     let ns = "s14-unpinned";
     ctx.namespace(ns, &[])?;
     let sent = pod(ns, "old", &[("init", ctx.img("team/init:v1"))], &[("app", ctx.img("team/app:nope"))]);
     ctx.kubectl.create(&sent)?;
+    // A second pod: with one object per page, the pods come back in two pages.
+    ctx.kubectl.create(&pod(ns, "older", &[], &[("web", ctx.img("team/app:v1"))]))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, format!("registries: [{{ host: \"{}\", plainHttp: true }}]\n", ctx.registry.host()))
         .map_err(|e| e.to_string())?;
-    let output = run(Command::new(env!("CARGO_BIN_EXE_layerlink"))
-        .env("KUBECONFIG", ctx.cluster.dir.join("kubeconfig"))
-        .args(["audit", "-n", ns, "-o", "json", "--config"])
-        .arg(&config))?;
+    let audit = |kubeconfig: &Path| {
+        run_both(
+            Command::new(env!("CARGO_BIN_EXE_layerlink"))
+                .env("KUBECONFIG", kubeconfig)
+                .args(["audit", "-n", ns, "-o", "json", "--page-size", "1", "--config"])
+                .arg(&config),
+        )
+    };
+    let (output, notes) = audit(&ctx.cluster.dir.join("kubeconfig"))?;
     let rows: Vec<Value> = serde_json::from_str(&output).map_err(|e| format!("audit -o json: {e}: {output}"))?;
-    let row = |container: &str| rows.iter().find(|r| r["name"] == "old" && r["container"] == container).cloned();
-    let init = row("init").ok_or(format!("no row for the init container: {rows:?}"))?;
+    let row = |rows: &[Value], pod: &str, container: &str| {
+        rows.iter().find(|r| r["name"] == pod && r["container"] == container).cloned()
+    };
+    let init = row(&rows, "old", "init").ok_or(format!("no row for the init container: {rows:?}"))?;
     expect_eq("init would pin to", &init["wouldPinTo"], &json!(ctx.pinned("team/init", "v1")))?;
-    let app = row("app").ok_or(format!("no row for the app container: {rows:?}"))?;
+    let app = row(&rows, "old", "app").ok_or(format!("no row for the app container: {rows:?}"))?;
     ensure(
         app["reason"].as_str().is_some_and(|r| r.contains("tag nope of team/app not found")),
         format!("app row: {app}"),
     )?;
+    let web = row(&rows, "older", "web").ok_or(format!("no row for the second page's pod: {rows:?}"))?;
+    expect_eq("web would pin to", &web["wouldPinTo"], &json!(ctx.pinned("team/app", "v1")))?;
+    // kube-apiserver before 1.21 serves CronJob only in batch/v1beta1: listing batch/v1 is a 404.
+    let batch_v1 = ctx.kubectl.ok(&["get", "--raw", "/apis/batch/v1"], None)?.stdout;
+    if !batch_v1.contains("\"cronjobs\"") {
+        ensure(
+            notes.lines().any(|l| l.contains("CronJob: cannot list") && l.contains("(404)")),
+            format!("no 404 note for CronJob: {notes}"),
+        )?;
+    }
     let stored = ctx.kubectl.get("pod", ns, "old")?;
-    expect_eq("images (audit is read-only)", &images_at(&stored, "/spec"), &images_at(&sent, "/spec"))
+    expect_eq("images (audit is read-only)", &images_at(&stored, "/spec"), &images_at(&sent, "/spec"))?;
+
+    // A service account that may list only pods, here: the other kinds are a 403, skipped.
+    for args in [
+        &["create", "serviceaccount", "auditor"][..],
+        &["create", "role", "pod-lister", "--verb=list", "--resource=pods"],
+        &["create", "rolebinding", "auditor", "--role=pod-lister", &format!("--serviceaccount={ns}:auditor")],
+    ] {
+        ctx.kubectl.ok(&[&["-n", ns][..], args].concat(), None)?;
+    }
+    let token = ctx.kubectl.ok(&["-n", ns, "create", "token", "auditor"], None)?.stdout.trim().to_string();
+    let admin = std::fs::read_to_string(ctx.cluster.dir.join("kubeconfig")).map_err(|e| e.to_string())?;
+    let auditor: String = admin
+        .lines()
+        .map(|l| if l.trim_start().starts_with("token:") { format!("    token: {token}\n") } else { format!("{l}\n") })
+        .collect();
+    let kubeconfig = dir.path().join("auditor.kubeconfig");
+    std::fs::write(&kubeconfig, auditor).map_err(|e| e.to_string())?;
+    let (output, notes) = audit(&kubeconfig)?;
+    let rows: Vec<Value> = serde_json::from_str(&output).map_err(|e| format!("audit -o json: {e}: {output}"))?;
+    ensure(
+        row(&rows, "old", "init").is_some() && row(&rows, "older", "web").is_some(),
+        format!("the pods are still audited: {rows:?}"),
+    )?;
+    ensure(
+        notes.lines().any(|l| l.contains("Deployment: cannot list") && l.contains("(403)")),
+        format!("no 403 note for Deployment: {notes}"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1122,6 +1170,14 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs a command; its stdout on success, else an error with its stderr.
+/// stdout and stderr of a command that must succeed.
+fn run_both(cmd: &mut Command) -> Result<(String, String), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    if out.status.success() { Ok((stdout, stderr)) } else { Err(format!("{cmd:?}: {}: {stderr}", out.status)) }
+}
+
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {

@@ -34,6 +34,9 @@ pub struct AuditArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Objects per list request (the API server's `limit`; later pages follow `continue`).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page_size: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +74,7 @@ pub async fn run(args: AuditArgs) -> Result<ExitCode, Error> {
     let engine = Engine::new(config)?;
     let client =
         kube::Client::try_default().await.map_err(|e| Error::Kube(format!("cannot use the kubeconfig: {e}")))?;
-    let (objects, skipped) = list_objects(&client, args.namespace.as_deref()).await?;
+    let (objects, skipped) = list_objects(&client, args.namespace.as_deref(), args.page_size).await?;
     for note in &skipped {
         eprintln!("layerlink: {note}");
     }
@@ -90,19 +93,20 @@ pub async fn run(args: AuditArgs) -> Result<ExitCode, Error> {
 pub async fn list_objects(
     client: &kube::Client,
     namespace: Option<&str>,
+    page_size: u32,
 ) -> Result<(Vec<(&'static str, Value)>, Vec<String>), Error> {
     use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
     let mut objects = Vec::new();
     let mut skipped = Vec::new();
     let lists = [
-        list::<core::Pod>(client, namespace).await,
-        list::<apps::Deployment>(client, namespace).await,
-        list::<apps::StatefulSet>(client, namespace).await,
-        list::<apps::DaemonSet>(client, namespace).await,
-        list::<apps::ReplicaSet>(client, namespace).await,
-        list::<batch::Job>(client, namespace).await,
-        list::<batch::CronJob>(client, namespace).await,
-        list::<core::ReplicationController>(client, namespace).await,
+        list::<core::Pod>(client, namespace, page_size).await,
+        list::<apps::Deployment>(client, namespace, page_size).await,
+        list::<apps::StatefulSet>(client, namespace, page_size).await,
+        list::<apps::DaemonSet>(client, namespace, page_size).await,
+        list::<apps::ReplicaSet>(client, namespace, page_size).await,
+        list::<batch::Job>(client, namespace, page_size).await,
+        list::<batch::CronJob>(client, namespace, page_size).await,
+        list::<core::ReplicationController>(client, namespace, page_size).await,
     ];
     for (kind, listed) in KINDS.into_iter().zip(lists) {
         match listed? {
@@ -115,7 +119,11 @@ pub async fn list_objects(
 
 /// All objects of one kind, page by page: Ok(Err(note)) when the cluster does not serve the kind
 /// (404, e.g. batch/v1 CronJob before 1.21) or refuses to list it (403).
-async fn list<K>(client: &kube::Client, namespace: Option<&str>) -> Result<Result<Vec<Value>, String>, Error>
+async fn list<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    page_size: u32,
+) -> Result<Result<Vec<Value>, String>, Error>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -128,7 +136,7 @@ where
         Some(ns) => kube::Api::namespaced(client.clone(), ns),
         None => kube::Api::all(client.clone()),
     };
-    let mut params = kube::api::ListParams::default().limit(500);
+    let mut params = kube::api::ListParams::default().limit(page_size);
     let mut items = Vec::new();
     loop {
         let page = match api.list(&params).await {
