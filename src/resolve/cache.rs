@@ -44,38 +44,50 @@ pub enum Lookup {
 }
 
 /// Sharded maps behind short mutexes. Expiry is checked on read (an entry past its life is a
-/// miss and is dropped); when a shard is full, expired entries go first, then an arbitrary batch.
-/// Chosen over moka for memory: moka's eviction queues and per-entry timer wheel cost 300–400
-/// bytes per entry, this about 250 in all (see README, Performance).
+/// miss and is dropped), and an insert sweeps its shard of entries past their life when the last
+/// sweep is older than `sweep_every`, so entries never read again (a missing tag asked for once)
+/// do not stay until the shard fills. When a shard is full, expired entries go first, then an
+/// arbitrary batch. Chosen over moka for memory: moka's eviction queues and per-entry timer wheel
+/// cost 300–400 bytes per entry, this about 250 in all (see README, Performance).
 pub struct DigestCache {
-    shards: Box<[Mutex<HashMap<Key, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     per_shard: usize,
     ttl: Duration,
     /// How long a digest is kept: the larger of the TTL and stale-if-error.
     positive_life: Duration,
     negative_life: Duration,
+    sweep_every: Duration,
+}
+
+struct Shard {
+    entries: HashMap<Key, Entry>,
+    swept: Instant,
 }
 
 /// Enough shards that two cores never wait on each other for long.
 const SHARDS: usize = 16;
+/// The longest a shard goes between sweeps (shorter when an entry's life is shorter).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl DigestCache {
     pub fn new(config: &config::Cache) -> Self {
         // Never more than maxEntries in all: fewer shards for tiny bounds.
         let max = config.max_entries.max(1) as usize;
         let shards = max.min(SHARDS);
+        let positive_life = config.ttl.max(config.stale_if_error);
         DigestCache {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards).map(|_| Mutex::new(Shard { entries: HashMap::new(), swept: Instant::now() })).collect(),
             hasher: RandomState::new(),
             per_shard: max / shards,
             ttl: config.ttl,
-            positive_life: config.ttl.max(config.stale_if_error),
+            positive_life,
             negative_life: config.negative_ttl,
+            sweep_every: SWEEP_EVERY.min(positive_life).min(config.negative_ttl),
         }
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Entry>> {
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
         &self.shards[self.hasher.hash_one(key) as usize % self.shards.len()]
     }
 
@@ -88,10 +100,10 @@ impl DigestCache {
 
     pub fn lookup(&self, key: &Key) -> Lookup {
         let mut shard = self.shard(key).lock().unwrap();
-        let Some(entry) = shard.get(key) else { return Lookup::Miss };
+        let Some(entry) = shard.entries.get(key) else { return Lookup::Miss };
         let age = entry.fetched.elapsed();
         if age >= self.life(&entry.value) {
-            shard.remove(key);
+            shard.entries.remove(key);
             return Lookup::Miss;
         }
         match &entry.value {
@@ -103,23 +115,26 @@ impl DigestCache {
 
     pub fn insert(&self, key: Key, value: Value) {
         let mut shard = self.shard(&key).lock().unwrap();
-        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
-            shard.retain(|_, e| e.fetched.elapsed() < self.life(&e.value));
-            if shard.len() >= self.per_shard {
-                // Free a batch, not one: otherwise every insert into a shard full of live
-                // entries would scan the whole shard again.
-                let batch = (self.per_shard / 64).max(1);
-                let victims: Vec<Key> = shard.keys().take(batch).cloned().collect();
-                for victim in victims {
-                    shard.remove(&victim);
-                }
+        let now = Instant::now();
+        let full = shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&key);
+        if full || now.duration_since(shard.swept) >= self.sweep_every {
+            shard.entries.retain(|_, e| now.duration_since(e.fetched) < self.life(&e.value));
+            shard.swept = now;
+        }
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&key) {
+            // Free a batch, not one: otherwise every insert into a shard full of live entries
+            // would scan the whole shard again.
+            let batch = (self.per_shard / 64).max(1);
+            let victims: Vec<Key> = shard.entries.keys().take(batch).cloned().collect();
+            for victim in victims {
+                shard.entries.remove(&victim);
             }
         }
-        shard.insert(key, Entry { value, fetched: Instant::now() });
+        shard.entries.insert(key, Entry { value, fetched: now });
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.shards.iter().map(|s| s.lock().unwrap().len() as u64).sum()
+        self.shards.iter().map(|s| s.lock().unwrap().entries.len() as u64).sum()
     }
 }
 
@@ -167,6 +182,27 @@ mod tests {
         c.insert(key("a", 7), Value::Digest("sha256:1".into()));
         assert!(matches!(c.lookup(&key("a", 0)), Lookup::Miss));
         assert!(matches!(c.lookup(&key("a", 8)), Lookup::Miss));
+    }
+
+    #[test]
+    fn entries_never_read_again_are_swept_after_their_life() {
+        let c = DigestCache::new(&config::Cache {
+            ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_millis(50),
+            stale_if_error: Duration::from_secs(600),
+            max_entries: 100_000,
+        });
+        let missing = Arc::new(Error::NotFound { registry: "r".into(), what: "r/a".into(), message: "gone".into() });
+        for i in 0..500 {
+            c.insert(key(&format!("missing{i}"), 0), Value::NotFound(missing.clone()));
+        }
+        assert_eq!(c.entry_count(), 500);
+        std::thread::sleep(Duration::from_millis(80));
+        // Inserts touch every shard; none of the missing tags is ever looked up again.
+        for i in 0..1000 {
+            c.insert(key(&format!("live{i}"), 0), Value::Digest("sha256:1".into()));
+        }
+        assert_eq!(c.entry_count(), 1000, "the dead negative entries were swept");
     }
 
     #[test]
