@@ -132,8 +132,16 @@ impl<'de> Visitor<'de> for PrunedVisitor {
         let mut kept = Map::new();
         let fields: &'static [&'static [(&'static str, Keep)]] = match self.0 {
             Keep::Fields(fields) => fields,
-            // An object where an array belongs: readers find no array, as with the whole value.
-            _ => &[],
+            // An object where an array belongs: a JSON pointer such as `/containers/0/image`
+            // still walks through it (key "0"), so keep every member, shaped as an element.
+            Keep::Each(element) => {
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value_seed(Pruned(element))?;
+                    kept.insert(key, value);
+                }
+                return Ok(Value::Object(kept));
+            }
+            Keep::All => unreachable!("Pruned decodes Keep::All as a whole Value"),
         };
         while let Some(found) = map.next_key_seed(FieldKey(fields))? {
             match found {
@@ -309,6 +317,9 @@ mod tests {
             serde_json::json!({"spec": {"containers": [{"image": "x", "name": {"deep": [1]}}]}}),
             // The EphemeralContainers subresource reads every container list at the root.
             serde_json::json!({"containers": [{"image": "x"}], "initContainers": [{"image": "y"}], "ephemeralContainers": []}),
+            // A map where a list belongs: `sites::changed` looks up the new object's pointers in
+            // the old object, and a pointer walks through a map's "0" key as through an index.
+            serde_json::json!({"spec": {"containers": {"0": {"image": "x", "name": "c", "env": []}}}}),
             serde_json::json!(null),
         ] {
             let body =
@@ -324,6 +335,9 @@ mod tests {
                     assert_eq!(sites::find(shape, &read), sites::find(shape, &whole), "{kind} {object}");
                 }
                 assert_eq!(secret_names(&read), secret_names(&whole), "{object}");
+                for pointer in ["/spec/containers/0/image", "/spec/containers/0/name", "/containers/0/image"] {
+                    assert_eq!(read.pointer(pointer), whole.pointer(pointer), "{pointer} in {object}");
+                }
             }
         }
     }
