@@ -820,7 +820,7 @@ fn run(settings: Settings) {
     let _ = writeln!(
         w,
         "issue 8 goals: throughput ≥ 0.9× floor: {tput:.2}× {} (by server CPU per review: {cpu_ratio:.2}×; against \
-         the {FLOOR_UID} floor, which skips the object: {tput_uid:.2}×); p99 ≤ 2 ms at {} req/s: {p99:.3} ms {}; \
+         \"{FLOOR_UID}\", which skips the object: {tput_uid:.2}×); p99 ≤ 2 ms at {} req/s: {p99:.3} ms {}; \
          RSS ≤ 32 MiB per 100k: {per_100k_mib:.1} MiB {}",
         met(tput >= 0.9),
         s.rate,
