@@ -189,8 +189,7 @@ fn dry_run(ctx: &mut Ctx) -> Result<(), String> {
     // Log lines are written in batches (src/logs.rs): give the line its flush interval.
     let logged =
         |log: &str| log.lines().any(|l| l.contains("\"object\":\"s3-enforce/dry\"") && l.contains("\"dry_run\":true"));
-    let log = wait_for(Duration::from_secs(5), || Some(ctx.layerlink.log()).filter(|l| logged(l)))
-        .unwrap_or_else(|| ctx.layerlink.log());
+    let log = ctx.layerlink.log_when(logged);
     ensure(logged(&log), format!("layerlink did not log a dry-run review of s3-enforce/dry:\n{}", tail(&log, 5)))
 }
 
@@ -1179,12 +1178,7 @@ fn run_both(cmd: &mut Command) -> Result<(String, String), String> {
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{cmd:?}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr)))
-    }
+    run_both(cmd).map(|(stdout, _)| stdout)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {

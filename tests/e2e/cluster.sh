@@ -79,22 +79,25 @@ running() {
   [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo Z) != Z ]]
 }
 
+# gone DIR NAME TENTHS: true once NAME has exited, false if it still runs after TENTHS × 0.1 s.
+gone() {
+  local i
+  for ((i = 0; i < $3; i++)); do
+    pid_of "$1" "$2" >/dev/null || return 0
+    sleep 0.1
+  done
+  ! pid_of "$1" "$2" >/dev/null
+}
+
 stop_one() {
-  local dir=$1 name=$2 pid i
+  local dir=$1 name=$2 pid
   if pid=$(pid_of "$dir" "$name"); then
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-      pid_of "$dir" "$name" >/dev/null || break
-      sleep 0.1
-    done
-    if pid_of "$dir" "$name" >/dev/null; then
+    if ! gone "$dir" "$name" 150; then
       log "$name (pid $pid) did not stop in 15s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
-      for ((i = 0; i < 50; i++)); do
-        pid_of "$dir" "$name" >/dev/null || break
-        sleep 0.1
-      done
+      gone "$dir" "$name" 50 || true
     fi
     # Reap it if it is our own child (up's error path); harmless otherwise.
     wait "$pid" 2>/dev/null || true
