@@ -19,12 +19,14 @@
 #         (inputs as in upstream build/root/Makefile.generated_files);
 #       - replaces vendored github.com/modern-go/reflect2 1.0.1 (broken on Go >= 1.18) with
 #         Debian's golang-github-modern-go-reflect2-dev 1.0.2;
-#       - `go build ./cmd/kube-apiserver` with version ldflags (gitVersion v1.20.2).
-#     Cold: about 4-6 minutes on 2 cores (3.8 min idle, 6.3 min under load, apt included),
-#     ~1.5 GB of scratch space, deleted afterwards.
+#       - `go build ./cmd/kube-apiserver ./cmd/kube-controller-manager` with version ldflags
+#         (gitVersion v1.20.2); the controller-manager lets workloads create real pods.
+#     Cold: about 7-9 minutes on 2 cores (apt included), ~1.5 GB of scratch space, deleted
+#     afterwards.
 #
 # Files:
 #   $LAYERLINK_E2E_CACHE/<package-version>/kube-apiserver   the cached binary (~110 MB)
+#   $LAYERLINK_E2E_CACHE/<package-version>/kube-controller-manager   beside it (~100 MB)
 #   $LAYERLINK_E2E_CACHE/<package-version>/build/           scratch (removed after success)
 #   $LAYERLINK_E2E_CACHE/<package-version>/build.log        log of the last build
 #
@@ -39,6 +41,7 @@ PKG_VERSION=${LAYERLINK_E2E_K8S_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}
 CACHE_ROOT=${LAYERLINK_E2E_CACHE:-$HOME/.cache/layerlink-e2e}
 CACHE_DIR=$CACHE_ROOT/$PKG_VERSION
 BIN=$CACHE_DIR/kube-apiserver
+KCM=$CACHE_DIR/kube-controller-manager
 GIT_VERSION=v1.20.2
 GO=/usr/lib/go/bin/go
 SRC_LIST_BASE=/etc/apt/sources.list.d/layerlink-e2e-deb-src
@@ -251,13 +254,18 @@ build_apiserver() {
     ldflags+=" -X k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version.$key=$val"
   done
 
-  log "go build ./cmd/kube-apiserver ($("$GO" version))"
   mkdir -p "$CACHE_DIR"
-  "$GO" build -o "$BIN.tmp" -ldflags "$ldflags" ./cmd/kube-apiserver >&2
-  binary_ok "$BIN.tmp" || die "built binary does not report Kubernetes $GIT_VERSION"
-  mv -f "$BIN.tmp" "$BIN"
+  local target out
+  for target in kube-apiserver kube-controller-manager; do
+    out=$CACHE_DIR/$target
+    binary_ok "$out" && continue
+    log "go build ./cmd/$target ($("$GO" version))"
+    "$GO" build -o "$out.tmp" -ldflags "$ldflags" "./cmd/$target" >&2
+    binary_ok "$out.tmp" || die "built $target does not report Kubernetes $GIT_VERSION"
+    mv -f "$out.tmp" "$out"
+  done
   cd /
-  log "built $BIN in $((SECONDS - start))s"
+  log "built $BIN and $KCM in $((SECONDS - start))s"
   if [[ ${LAYERLINK_E2E_KEEP_BUILD:-0} != 1 ]]; then
     rm -rf "$work"
     log "removed the build tree $work"
@@ -271,7 +279,7 @@ main() {
     printf '%s\n' "$LAYERLINK_E2E_KUBE_APISERVER"
     return 0
   fi
-  if binary_ok "$BIN"; then
+  if binary_ok "$BIN" && binary_ok "$KCM"; then
     printf '%s\n' "$BIN"
     return 0
   fi
@@ -279,8 +287,8 @@ main() {
   # One build at a time per cache dir; a second caller waits and then finds the binary.
   exec 9>"$CACHE_DIR/.lock"
   flock 9
-  if ! binary_ok "$BIN"; then
-    log "no cached kube-apiserver at $BIN: building (log: $CACHE_DIR/build.log)"
+  if ! binary_ok "$BIN" || ! binary_ok "$KCM"; then
+    log "no cached kube-apiserver and kube-controller-manager in $CACHE_DIR: building (log: $CACHE_DIR/build.log)"
     if ! (build_apiserver) 2> >(tee "$CACHE_DIR/build.log" >&2); then
       die "build failed; full log in $CACHE_DIR/build.log"
     fi
