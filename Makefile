@@ -3,7 +3,7 @@ CARGO ?= cargo
 CONFIG ?= examples/config.yaml
 SELF_SIGNED := manifests/overlays/self-signed
 
-.PHONY: build run certs test lint e2e bench soak fuzz manifests image clean-certs
+.PHONY: build run certs test test-unit lint e2e bench soak fuzz manifests image clean-certs
 
 build:
 	$(CARGO) build --release --bin layerlink
@@ -21,6 +21,14 @@ run: build certs
 test:
 	hack/test-deps.sh
 	$(CARGO) test --lib --bins --tests --no-fail-fast
+
+## Unit and property tests only: no root, no network, no registry (a quick loop while coding).
+test-unit:
+	$(CARGO) test --lib --bins --test properties
+
+## The library's modules form no import cycle (prints who uses whom).
+graph:
+	python3 hack/module-graph.py
 
 lint:
 	$(CARGO) fmt --check

@@ -42,9 +42,8 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    io::{Read, Write},
+    io::Read,
     ops::Range,
-    process::ExitCode,
     sync::Arc,
 };
 
@@ -60,51 +59,6 @@ use crate::{
     registry::auth::Keychain,
     sites::{self, Shape, Site},
 };
-
-#[derive(clap::Args, Debug)]
-pub struct MutateArgs {
-    /// The config file `serve` reads (registries, credentials, exclusions); defaults apply without it.
-    #[arg(long, short)]
-    pub config: Option<std::path::PathBuf>,
-    /// File to read, or - for standard input.
-    #[arg(short = 'f', long = "filename")]
-    pub file: String,
-    /// Exit 0 even when some images cannot be pinned (they are still reported on stderr).
-    #[arg(long)]
-    pub allow_unresolved: bool,
-}
-
-pub async fn mutate(args: MutateArgs) -> Result<ExitCode, Error> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::parse("")?,
-    };
-    let engine = Engine::new(config)?;
-    let text = read_input(&args.file)?;
-    let (output, problems) = mutate_text(&engine, &text).await?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(output.as_bytes())?;
-    stdout.flush()?;
-    let mut reported = HashSet::new();
-    for problem in &problems {
-        if reported.insert((&problem.site.image, &problem.reason)) {
-            eprintln!("layerlink: not pinned {}: {}", problem.site.image, problem.reason);
-        }
-    }
-    Ok(if problems.is_empty() || args.allow_unresolved { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-fn read_input(file: &str) -> Result<String, Error> {
-    let (bytes, name) = if file == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes)?;
-        (bytes, "standard input")
-    } else {
-        let bytes = std::fs::read(file).map_err(|e| invalid(format!("cannot read {file}: {e}")))?;
-        (bytes, file)
-    };
-    String::from_utf8(bytes).map_err(|e| invalid(format!("{name} is not UTF-8: {e}")))
-}
 
 fn invalid(message: String) -> Error {
     Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, message))

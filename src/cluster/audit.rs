@@ -9,41 +9,19 @@
 //! Pods and the workloads that own them are both listed; the OWNER column (the first
 //! ownerReference) tells them apart.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::sync::Arc;
 
 use futures::future::join_all;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    Config, Engine, Error,
+    Engine, Error,
     engine::{Deadline, Plan},
     manifests::skip_reason,
     registry::auth::Keychain,
     sites,
 };
-
-#[derive(clap::Args, Debug)]
-pub struct AuditArgs {
-    /// The config file `serve` reads (registries, credentials, exclusions); defaults apply without it.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Only this namespace (default: every namespace).
-    #[arg(long, short)]
-    pub namespace: Option<String>,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    /// Objects per list request (the API server's `limit`; later pages follow `continue`).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
-    pub page_size: u32,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
-}
 
 /// The kinds listed, in report order.
 pub const KINDS: [&str; 8] =
@@ -64,28 +42,6 @@ pub struct Row {
     pub would_pin_to: Option<String>,
     /// Why it cannot be pinned, when it did not.
     pub reason: Option<String>,
-}
-
-pub async fn run(args: AuditArgs) -> Result<ExitCode, Error> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::parse("")?,
-    };
-    let engine = Engine::new(config)?;
-    let client =
-        kube::Client::try_default().await.map_err(|e| Error::Kube(format!("cannot use the kubeconfig: {e}")))?;
-    let (objects, skipped) = list_objects(&client, args.namespace.as_deref(), args.page_size).await?;
-    for note in &skipped {
-        eprintln!("layerlink: {note}");
-    }
-    let rows = audit_objects(&engine, &objects).await;
-    match args.output {
-        Output::Table if rows.is_empty() => {}
-        Output::Table => print!("{}", render_table(&rows)),
-        Output::Json => println!("{}", render_json(&rows)),
-    }
-    eprintln!("layerlink: {}", summary(&rows, objects.len()));
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Every object of [`KINDS`] in `namespace` (or all namespaces) as (kind, object), and a note for

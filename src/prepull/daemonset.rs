@@ -17,46 +17,17 @@
 //! Keep it current by re-rendering when the config (or a base's tag) changes and applying the
 //! result (`layerlink prepuller --config … | kubectl apply -f -`, e.g. from CI or a CronJob).
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
-
 use serde_json::{Value, json};
 
 use super::{
-    ANNOTATION, FoundBase, NOOP_IN_TOOLS_IMAGE, VOLUME_PREFIX, annotation_value, configured_bases, image_volume,
-    prepull_container, security_context, tools_container, tools_volume,
+    ANNOTATION, FoundBase, NOOP_IN_TOOLS_IMAGE, VOLUME_PREFIX, annotation_value, image_volume, prepull_container,
+    security_context, tools_container, tools_volume,
 };
-use crate::{
-    Config, Engine, Error,
-    config::Strategy,
-    reference::{self, Reference},
-    registry::auth::Keychain,
-};
+use crate::{Error, config::Strategy};
 
 pub const NAME: &str = "layerlink-prepuller";
 pub const PRIORITY_CLASS: &str = "layerlink-prepull";
 pub const PRIORITY_VALUE: i64 = -10;
-
-#[derive(clap::Args, Debug)]
-pub struct PrepullerArgs {
-    /// The config file `serve` reads (`prepull.bases`, `prepull.toolsImage`, registries).
-    #[arg(long, short)]
-    pub config: PathBuf,
-    /// Namespace of the DaemonSet.
-    #[arg(long, default_value = "layerlink-system")]
-    pub namespace: String,
-    /// Use this existing PriorityClass instead of rendering `layerlink-prepull` (value -10).
-    #[arg(long)]
-    pub priority_class: Option<String>,
-    /// Tolerate every taint (run on control-plane and dedicated nodes too).
-    #[arg(long)]
-    pub tolerate_all: bool,
-    /// A taint to tolerate: KEY, KEY=VALUE, KEY:EFFECT or KEY=VALUE:EFFECT. Repeatable.
-    #[arg(long = "toleration")]
-    pub tolerations: Vec<String>,
-    /// How many nodes may re-pull at once during a rollout (a count or a percentage).
-    #[arg(long, default_value = "10%")]
-    pub max_unavailable: String,
-}
 
 /// Where the PriorityClass comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,80 +204,6 @@ pub fn tolerations(tolerate_all: bool, flags: &[String]) -> Result<Vec<Value>, E
         return Ok(vec![json!({"operator": "Exists"})]);
     }
     flags.iter().map(|t| parse_toleration(t)).collect()
-}
-
-pub async fn run(args: PrepullerArgs) -> Result<ExitCode, Error> {
-    let config = Config::load(&args.config)?;
-    let tolerations = tolerations(args.tolerate_all, &args.tolerations)?;
-    if config.prepull.bases.is_empty() {
-        return Err(Error::Config(format!("{}: prepull.bases is empty: nothing to pre-pull", args.config.display())));
-    }
-    let Some(tools) = config.prepull.tools_image.clone() else {
-        return Err(Error::Config(format!(
-            "{}: prepull.toolsImage is not set (the pre-puller runs layerlink-noop from it)",
-            args.config.display()
-        )));
-    };
-    let strategy = config.prepull.strategy;
-    let bases = configured_bases(&config);
-    let engine = Engine::new(config)?;
-    let keychain = Arc::new(Keychain::default());
-    let pin = |written: String| {
-        let engine = &engine;
-        let keychain = &keychain;
-        async move {
-            let reference = Reference::parse(&written)?;
-            if reference.is_pinned() {
-                return Ok(written);
-            }
-            let deadline = crate::engine::Deadline::after(engine.config.resolve.request_timeout);
-            let resolved = engine
-                .resolver
-                .resolve(&reference, keychain, deadline)
-                .await
-                .map_err(|e| crate::registry::clone_error(&e))?;
-            Ok::<_, Error>(reference::pin(&written, &reference, &resolved.digest, engine.config.resolve.keep_tag))
-        }
-    };
-    let pinned_bases = futures::future::join_all(bases.iter().map(|b| pin(b.image.clone())));
-    let (pinned_bases, pinned_tools) = futures::join!(pinned_bases, pin(tools.clone()));
-    let mut failed = false;
-    let mut found = Vec::new();
-    for (base, pinned) in bases.iter().zip(pinned_bases) {
-        match pinned {
-            Ok(image) => found.push(FoundBase { short: base.short.clone(), image }),
-            Err(e) => {
-                eprintln!("layerlink: base {}: {e}", base.image);
-                failed = true;
-            }
-        }
-    }
-    let tools_image = match pinned_tools {
-        Ok(image) => image,
-        Err(e) => {
-            eprintln!("layerlink: tools image {tools}: {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    if failed {
-        // A partial DaemonSet would silently stop warming a base: render nothing.
-        return Ok(ExitCode::FAILURE);
-    }
-    let priority = match args.priority_class {
-        Some(name) => Priority::Existing(name),
-        None => Priority::Render,
-    };
-    let docs = render(&Render {
-        namespace: args.namespace,
-        bases: found,
-        tools_image,
-        strategy,
-        priority,
-        tolerations,
-        max_unavailable: args.max_unavailable,
-    });
-    print!("{}", to_yaml(&docs)?);
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -9,40 +9,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::PathBuf,
-    process::ExitCode,
     sync::Arc,
 };
 
 use serde::Serialize;
 
 use super::detect::{self, Layer};
-use crate::{Config, Engine, Error, config::Platform, reference::Reference, registry::auth::Keychain};
-
-#[derive(clap::Args, Debug)]
-pub struct LayersArgs {
-    /// The config file `serve` reads (registries, credentials, `prepull.platform`).
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Also list the longest common layer prefixes as candidate bases.
-    #[arg(long)]
-    pub suggest_bases: bool,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    /// Platform as os/architecture (default: `prepull.platform` of the config, else linux/amd64).
-    #[arg(long)]
-    pub platform: Option<String>,
-    /// Images to compare (tags are resolved; digests are used as written).
-    #[arg(required = true)]
-    pub images: Vec<String>,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
-}
+use crate::{Engine, Error, config::Platform, reference::Reference, registry::auth::Keychain};
 
 /// One image's layers, the input of [`analyze`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -189,40 +162,9 @@ pub fn analyze(platform: &str, images: Vec<ImageInfo>, suggest: bool, errors: BT
     Report { platform: platform.to_string(), images, pairs, suggested_bases, summary, errors }
 }
 
-pub async fn run(args: LayersArgs) -> Result<ExitCode, Error> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::parse("")?,
-    };
-    let platform = match &args.platform {
-        Some(text) => parse_platform(text)?,
-        None => config.prepull.platform.clone(),
-    };
-    let engine = Engine::new(config)?;
-    let keychain = Arc::new(Keychain::default());
-    let lookups = args.images.iter().map(|image| read_image(&engine, image, &platform, &keychain));
-    let results = futures::future::join_all(lookups).await;
-    let mut images = Vec::new();
-    let mut errors = BTreeMap::new();
-    for (image, result) in args.images.iter().zip(results) {
-        match result {
-            Ok(info) => images.push(info),
-            Err(e) => {
-                eprintln!("{image}: {e}");
-                errors.insert(image.clone(), e.to_string());
-            }
-        }
-    }
-    let failed = !errors.is_empty();
-    let report = analyze(&detect::describe(&platform), images, args.suggest_bases, errors);
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report).expect("the report serializes")),
-        Output::Table => print!("{}", table(&report)),
-    }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-async fn read_image(
+/// One image's layers for `platform`: its tag resolved (a digest is used as written), then its
+/// manifest (the platform's, for an index) read.
+pub async fn image_info(
     engine: &Engine,
     image: &str,
     platform: &Platform,

@@ -75,7 +75,7 @@ pub struct FoundBase {
 
 /// A configured base, compiled.
 #[derive(Debug)]
-pub(crate) struct ConfiguredBase {
+pub struct ConfiguredBase {
     pub image: String,
     pub reference: Reference,
     pub short: String,
@@ -263,7 +263,7 @@ impl Prepull {
 }
 
 /// The configured bases with their short names (unique, DNS-label-safe).
-pub(crate) fn configured_bases(config: &Config) -> Vec<ConfiguredBase> {
+pub fn configured_bases(config: &Config) -> Vec<ConfiguredBase> {
     let mut out: Vec<ConfiguredBase> = Vec::new();
     let mut taken = BTreeSet::new();
     for (i, base) in config.prepull.bases.iter().enumerate() {
