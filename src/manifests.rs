@@ -42,7 +42,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
-    io::Read,
     ops::Range,
     sync::Arc,
 };

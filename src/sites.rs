@@ -13,18 +13,6 @@ pub struct Site {
     pub container: String,
 }
 
-/// Kinds whose pod template we can pin, with the path from the object root to the pod spec.
-const TEMPLATE_SPECS: &[(&str, &str)] = &[
-    ("Deployment", "/spec/template/spec"),
-    ("StatefulSet", "/spec/template/spec"),
-    ("DaemonSet", "/spec/template/spec"),
-    ("ReplicaSet", "/spec/template/spec"),
-    ("Job", "/spec/template/spec"),
-    ("ReplicationController", "/spec/template/spec"),
-    ("CronJob", "/spec/jobTemplate/spec/template/spec"),
-    ("PodTemplate", "/template/spec"),
-];
-
 const CONTAINER_LISTS: &[&str] = &["initContainers", "containers", "ephemeralContainers"];
 
 /// What kind of object this is, as far as images go.
@@ -38,12 +26,12 @@ pub enum Shape {
     Template(&'static str),
 }
 
-/// The shape of a kind, or None for kinds that carry no pod spec.
+/// The shape of a kind (from [`crate::kinds`]), or None for kinds that carry no pod spec.
 pub fn shape(kind: &str) -> Option<Shape> {
     match kind {
         "Pod" => Some(Shape::Pod),
         "EphemeralContainers" => Some(Shape::EphemeralContainers),
-        _ => TEMPLATE_SPECS.iter().find(|(k, _)| *k == kind).map(|(_, path)| Shape::Template(path)),
+        _ => crate::kinds::find(kind).map(|k| Shape::Template(k.pod_spec)),
     }
 }
 

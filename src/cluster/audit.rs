@@ -1,5 +1,6 @@
-//! `layerlink audit`: lists the running Pods and workloads (Deployments, StatefulSets,
-//! DaemonSets, ReplicaSets, Jobs, CronJobs, ReplicationControllers) whose images are not pinned,
+//! `layerlink audit`: lists the running Pods and workloads (the kinds of `kinds::ALL` that run
+//! pods: Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs,
+//! ReplicationControllers) whose images are not pinned,
 //! and what each would be pinned to, as a table or `-o json`. Read-only: it only lists objects
 //! (with the kubeconfig's identity) and asks registries for digests with the webhook's engine and
 //! config (`exclude.namespaces`, `exclude.images` and, with `allowPodOptOut`, the skip
@@ -18,14 +19,11 @@ use serde_json::Value;
 use crate::{
     Engine, Error,
     engine::{Deadline, Plan},
+    kinds,
     manifests::skip_reason,
     registry::auth::Keychain,
     sites,
 };
-
-/// The kinds listed, in report order.
-pub const KINDS: [&str; 8] =
-    ["Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "ReplicationController"];
 
 /// One unpinned image of one object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,30 +42,20 @@ pub struct Row {
     pub reason: Option<String>,
 }
 
-/// Every object of [`KINDS`] in `namespace` (or all namespaces) as (kind, object), and a note for
-/// each kind that could not be listed (not served by this cluster, or forbidden).
+/// Every object of the kinds that run pods ([`kinds::ALL`]) in `namespace` (or all namespaces)
+/// as (kind, object), and a note for each kind that could not be listed (not served by this
+/// cluster, or forbidden).
 pub async fn list_objects(
     client: &kube::Client,
     namespace: Option<&str>,
     page_size: u32,
 ) -> Result<(Vec<(&'static str, Value)>, Vec<String>), Error> {
-    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
     let mut objects = Vec::new();
     let mut skipped = Vec::new();
-    let lists = [
-        list::<core::Pod>(client, namespace, page_size).await,
-        list::<apps::Deployment>(client, namespace, page_size).await,
-        list::<apps::StatefulSet>(client, namespace, page_size).await,
-        list::<apps::DaemonSet>(client, namespace, page_size).await,
-        list::<apps::ReplicaSet>(client, namespace, page_size).await,
-        list::<batch::Job>(client, namespace, page_size).await,
-        list::<batch::CronJob>(client, namespace, page_size).await,
-        list::<core::ReplicationController>(client, namespace, page_size).await,
-    ];
-    for (kind, listed) in KINDS.into_iter().zip(lists) {
-        match listed? {
-            Ok(items) => objects.extend(items.into_iter().map(|item| (kind, item))),
-            Err(note) => skipped.push(format!("{kind}: {note}; skipped")),
+    for kind in kinds::ALL.iter().filter(|k| k.runs_pods) {
+        match list(client, kind, namespace, page_size).await? {
+            Ok(items) => objects.extend(items.into_iter().map(|item| (kind.kind, item))),
+            Err(note) => skipped.push(format!("{}: {note}; skipped", kind.kind)),
         }
     }
     Ok((objects, skipped))
@@ -75,22 +63,23 @@ pub async fn list_objects(
 
 /// All objects of one kind, page by page: Ok(Err(note)) when the cluster does not serve the kind
 /// (404, e.g. batch/v1 CronJob before 1.21) or refuses to list it (403).
-async fn list<K>(
+async fn list(
     client: &kube::Client,
+    kind: &kinds::Kind,
     namespace: Option<&str>,
     page_size: u32,
-) -> Result<Result<Vec<Value>, String>, Error>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Serialize,
-    K::DynamicType: Default,
-{
-    let api: kube::Api<K> = match namespace {
-        Some(ns) => kube::Api::namespaced(client.clone(), ns),
-        None => kube::Api::all(client.clone()),
+) -> Result<Result<Vec<Value>, String>, Error> {
+    use kube::{api::ApiResource, core::DynamicObject};
+    let resource = ApiResource {
+        group: kind.group.into(),
+        version: kind.version.into(),
+        api_version: kind.api_version(),
+        kind: kind.kind.into(),
+        plural: kind.plural.into(),
+    };
+    let api: kube::Api<DynamicObject> = match namespace {
+        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &resource),
+        None => kube::Api::all_with(client.clone(), &resource),
     };
     let mut params = kube::api::ListParams::default().limit(page_size);
     let mut items = Vec::new();
@@ -100,7 +89,7 @@ where
             Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
                 return Ok(Err(format!("cannot list: {} ({})", status.message, status.code)));
             }
-            Err(e) => return Err(Error::Kube(format!("listing {}: {e}", K::plural(&Default::default())))),
+            Err(e) => return Err(Error::Kube(format!("listing {}: {e}", kind.plural))),
         };
         for item in &page.items {
             items.push(serde_json::to_value(item).map_err(|e| Error::Kube(format!("cannot encode an object: {e}")))?);
@@ -114,7 +103,7 @@ where
 
 /// Resolves the unpinned images of `objects` ((kind, object) as listed) with the engine, one
 /// deadline (`resolve.requestTimeout`) for all, and returns one row per unpinned image, sorted by
-/// namespace, kind (in [`KINDS`] order) and name. Objects in `exclude.namespaces` (or opted out
+/// namespace, kind (in [`kinds::ALL`] order) and name. Objects in `exclude.namespaces` (or opted out
 /// where allowed) and images in `exclude.images` are left out.
 pub async fn audit_objects(engine: &Engine, objects: &[(&str, Value)]) -> Vec<Row> {
     let deadline = Deadline::after(engine.config.resolve.request_timeout);
@@ -129,7 +118,7 @@ pub async fn audit_objects(engine: &Engine, objects: &[(&str, Value)]) -> Vec<Ro
     let plans = join_all(wanted.iter().map(|(_, _, sites)| engine.plan(sites.clone(), &keychain, deadline))).await;
     let mut all: Vec<Row> =
         wanted.iter().zip(&plans).flat_map(|((kind, object, _), plan)| rows(kind, object, plan)).collect();
-    let kind_rank = |kind: &str| KINDS.iter().position(|k| *k == kind).unwrap_or(KINDS.len());
+    let kind_rank = |kind: &str| kinds::ALL.iter().position(|k| k.kind == kind).unwrap_or(kinds::ALL.len());
     all.sort_by(|a, b| (&a.namespace, kind_rank(&a.kind), &a.name).cmp(&(&b.namespace, kind_rank(&b.kind), &b.name)));
     all
 }
@@ -249,6 +238,7 @@ pub fn summary(rows: &[Row], objects: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
     use crate::{
         engine::{Pin, Problem},
         sites::Site,
