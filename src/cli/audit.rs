@@ -19,6 +19,8 @@ pub struct Args {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
     output: Output,
+    #[command(flatten)]
+    kube: super::KubeArgs,
     /// Objects per list request (the API server's `limit`; later pages follow `continue`).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     page_size: u32,
@@ -33,8 +35,7 @@ enum Output {
 pub async fn run(args: Args) -> Result<ExitCode, Error> {
     super::init_text_logs();
     let engine = Engine::new(super::load_config(args.config.as_deref())?)?;
-    let client =
-        kube::Client::try_default().await.map_err(|e| Error::Kube(format!("cannot use the kubeconfig: {e}")))?;
+    let client = args.kube.client().await?;
     let (objects, skipped) = list_objects(&client, args.namespace.as_deref(), args.page_size).await?;
     for note in &skipped {
         eprintln!("layerlink: {note}");

@@ -67,13 +67,97 @@ fn load_config(path: Option<&Path>) -> Result<Config, Error> {
     }
 }
 
-/// Plain-text logs on stderr for the one-shot commands: errors only unless `LAYERLINK_LOG` says more.
+/// Plain-text logs on stderr for the one-shot commands. They print their own reasons, so by
+/// default nothing else is logged; `LAYERLINK_LOG=debug` shows layerlink's own steps. Colour
+/// only on a terminal.
 fn init_text_logs() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(env_filter("error")).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(env_filter("off"))
+        .init();
 }
 
-/// `LAYERLINK_LOG` (an `EnvFilter` directive), else `level`.
-fn env_filter(level: &str) -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_env("LAYERLINK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+/// The log filter: `LAYERLINK_LOG` when set, else `default` (a list of directives). A bare
+/// level (`LAYERLINK_LOG=debug`) applies to layerlink only, with libraries (rustls, hyper, kube,
+/// …) at `warn`, so asking for detail does not flood the log with their internals; a directive
+/// list (`info,hyper=debug`) is used as written.
+fn env_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    let wanted = std::env::var("LAYERLINK_LOG").unwrap_or_default();
+    tracing_subscriber::EnvFilter::try_new(filter_directives(&wanted, default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+fn filter_directives(wanted: &str, default: &str) -> String {
+    match wanted.trim() {
+        "" => default.to_string(),
+        list if list.contains(['=', ',']) => list.to_string(),
+        level => format!("warn,layerlink={level}"),
+    }
+}
+
+/// How cluster verbs reach the API server, as kubectl's flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KubeArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl KubeArgs {
+    /// A client for the cluster, checked with one request, so that an unreachable or
+    /// misconfigured cluster is one clear line rather than a log of retries.
+    async fn client(&self) -> Result<kube::Client, Error> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let options = KubeConfigOptions { context: self.context.clone(), ..Default::default() };
+        let config = match (&self.kubeconfig, &self.context) {
+            (Some(path), _) => {
+                let file = Kubeconfig::read_from(path)
+                    .map_err(|e| Error::Kube(format!("cannot read kubeconfig {}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(file, &options).await.map_err(|e| e.to_string())
+            }
+            (None, Some(_)) => kube::Config::from_kubeconfig(&options).await.map_err(|e| e.to_string()),
+            (None, None) => kube::Config::infer().await.map_err(|e| e.to_string()),
+        }
+        .map_err(|e| Error::Kube(format!("no usable kubeconfig: {e}")))?;
+        let url = config.cluster_url.clone();
+        let client =
+            kube::Client::try_from(config).map_err(|e| Error::Kube(format!("cannot use the kubeconfig: {e}")))?;
+        client
+            .apiserver_version()
+            .await
+            .map_err(|e| Error::Kube(format!("cannot reach the cluster at {url}: {}", one_line(&e))))?;
+        Ok(client)
+    }
+}
+
+/// An error and its causes on one line, each said once.
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_level_applies_to_layerlink_only() {
+        assert_eq!(filter_directives("", "warn,layerlink=info"), "warn,layerlink=info");
+        assert_eq!(filter_directives("debug", "off"), "warn,layerlink=debug");
+        assert_eq!(filter_directives(" info,hyper=debug ", "off"), "info,hyper=debug");
+        assert_eq!(filter_directives("", "off"), "off");
+    }
 }

@@ -44,7 +44,7 @@ fn init_json_logs() -> layerlink::logs::FlushGuard {
         .flatten_event(true)
         .with_current_span(false)
         .with_writer(writer)
-        .with_env_filter(super::env_filter("info"))
+        .with_env_filter(super::env_filter("warn,layerlink=info"))
         .init();
     guard
 }
