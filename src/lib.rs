@@ -81,7 +81,8 @@ impl Error {
     }
 }
 
-/// Installs ring as the process-wide rustls provider (DESIGN decision 5). Idempotent.
+/// Installs ring as the process-wide rustls provider (docs/design.md, *One crypto provider*).
+/// Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -1,7 +1,7 @@
 //! Log output for `serve`: lines go to a shared buffer that a background thread writes to stdout
 //! in batches, so a review never waits on a `write(2)` of its log line.
 //!
-//! Measured in `make bench` (issue 8): one line per review written straight to stdout cost about
+//! Measured in `make bench` (docs/performance.md): one line per review written straight to stdout cost about
 //! 5 µs of kernel time per review; buffered, a batch costs one write per flush interval. The
 //! buffer is bounded: when the output cannot keep up, writers wait (as they would on a blocking
 //! stdout) rather than drop lines or grow without limit.

@@ -5,11 +5,11 @@
 //! It reads the body, parses the review, and answers allowed with no patch, echoing the uid and
 //! apiVersion with layerlink's own response type. Two decodes (`--decode`):
 //!
-//! - `whole` (the floor of issue 8): the review with its object and oldObject decoded whole into
+//! - `whole` (the floor): the review with its object and oldObject decoded whole into
 //!   `serde_json::Value`, the request fields as strings. This is what a webhook that parses the
 //!   review does (kube-rs's typed `AdmissionReview<DynamicObject>` costs about the same: see
 //!   `parse-cost`),
-//!   and what layerlink itself did until issue 8; it is kept here, apart from layerlink's types,
+//!   and what layerlink itself did before its read-only decode; it is kept here, apart from layerlink's types,
 //!   so the floor does not move when layerlink's decoding changes.
 //! - `uid`: only apiVersion, kind and request.uid; everything else is skipped unread. No webhook
 //!   that looks at the object can do less; the column shows what layerlink's own work costs.

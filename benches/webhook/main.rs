@@ -819,7 +819,7 @@ fn run(settings: Settings) {
     let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
     let _ = writeln!(
         w,
-        "issue 8 goals: throughput ≥ 0.9× floor: {tput:.2}× {} (by server CPU per review: {cpu_ratio:.2}×; against \
+        "goals: throughput ≥ 0.9× floor: {tput:.2}× {} (by server CPU per review: {cpu_ratio:.2}×; against \
          \"{FLOOR_UID}\", which skips the object: {tput_uid:.2}×); p99 ≤ 2 ms at {} req/s: {p99:.3} ms {}; \
          RSS ≤ 32 MiB per 100k: {per_100k_mib:.1} MiB {}",
         met(tput >= 0.9),

@@ -1,5 +1,5 @@
 //! `layerlink-noop`: the static no-op that pre-pull init containers run from a base image
-//! (DESIGN decision 9), so no code of the base ever runs.
+//! (docs/design.md, *Pre-pull runs no code of the base*), so no code of the base ever runs.
 //!
 //! - no arguments: exit 0.
 //! - `--copy-to PATH`: copy this executable to PATH, mode 0555 (the `layerlink-tools` init

@@ -1,4 +1,4 @@
-//! Shared-base pre-pull (DESIGN decision 9): find which configured bases a pod's images are built
+//! Shared-base pre-pull (docs/design.md, *Pre-pull runs no code of the base*): find which configured bases a pod's images are built
 //! on ([`detect`]), inject digest-pinned pre-pull init containers or image volumes for them
 //! ([`inject`]), render the node pre-puller DaemonSet ([`daemonset`]), and report layer sharing
 //! ([`layers`]).
@@ -343,7 +343,7 @@ fn app_images(pod: &Value, pins: &[Pin]) -> Vec<App> {
         .collect()
 }
 
-/// The restricted-Pod-Security context of every container we add (DESIGN decision 9).
+/// The restricted-Pod-Security context of every container we add.
 pub fn security_context() -> Value {
     json!({
         "runAsNonRoot": true,
