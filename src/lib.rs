@@ -13,6 +13,7 @@ pub mod logs;
 pub mod manifests;
 pub mod metrics;
 pub mod patch;
+pub mod pins;
 pub mod policy;
 pub mod prepull;
 pub mod reference;

@@ -1,5 +1,6 @@
-//! Kubernetes client edges: pull secrets, audit events, the `audit` command.
+//! Kubernetes client edges: pull secrets, audit events, controller revisions' pods, the `audit` lister.
 
 pub mod audit;
 pub mod events;
 pub mod secrets;
+pub mod siblings;
