@@ -655,3 +655,45 @@ fn noop_copies_itself_read_only_and_sleeps_until_sigterm() {
     let status = sleeper.wait().unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM ends --sleep with exit 0: {status:?}");
 }
+
+/// A tools image or base that pre-pull cannot pin is said, not silently skipped: the injection
+/// names it (the handler turns it into a warning on the pod), and `check` (what `serve` runs at
+/// start-up) names it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_pre_pull_cannot_pin_is_reported() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let base = Image::new(vec![layer(&[("etc/os-release", b"ID=base\n")])]);
+    registry.push("base", "1", &base);
+    let app = registry.push("app-a", "1", &Image::on(&base, vec![layer(&[("app", b"a")])]));
+    let engine = engine(&format!(
+        "registries: [{{host: \"{host}\", plainHttp: true}}]
+prepull:
+  enabled: true
+  detect: config
+  toolsImage: \"{host}/layerlink:missing\"
+  bases:
+    - {{image: \"{host}/base:1\", match: [\"{host}/app-*\"]}}
+    - {{image: \"{host}/gone:1\", match: [\"{host}/app-*\"]}}"
+    ));
+    let keychain = Arc::new(Keychain::default());
+    let pod = pod(&[format!("{host}/app-a:1")]);
+    let plan = engine.plan(sites::find(Shape::Pod, &pod), &keychain, generous()).await;
+    assert_eq!(plan.pins[0].digest.as_ref(), app.digest, "{plan:?}");
+    let injection = engine.prepull.inject(&pod, &plan.pins, &keychain, generous()).await;
+    assert!(injection.ops.is_empty(), "no tools image, no injection: {:?}", injection.ops);
+    let problems = injection.problems.join("\n");
+    assert!(problems.contains("layerlink:missing") && problems.contains("gone:1"), "{problems}");
+    assert!(!problems.contains("base:1 cannot"), "{problems}");
+
+    let checked = engine.prepull.check(&keychain, generous()).await;
+    let verdicts: Vec<(String, bool)> = checked.iter().map(|(image, r)| (image.clone(), r.is_ok())).collect();
+    assert_eq!(
+        verdicts,
+        [
+            (format!("{host}/layerlink:missing"), false),
+            (format!("{host}/base:1"), true),
+            (format!("{host}/gone:1"), false)
+        ]
+    );
+}

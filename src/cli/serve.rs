@@ -14,8 +14,26 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<ExitCode, Error> {
     let _logs = init_json_logs();
     let engine = Arc::new(Engine::new(Config::load(&args.config)?)?);
+    if engine.config.prepull.enabled {
+        tokio::spawn(check_prepull_images(engine.clone()));
+    }
     Server { engine, edges: cluster_edges().await }.run().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pins the pre-pull tools image and bases once at start-up, so an operator sees in the log at
+/// once, not pod by pod, that pre-pull cannot work (an unreachable or misspelt image).
+async fn check_prepull_images(engine: Arc<Engine>) {
+    let keychain = Arc::default();
+    let deadline = layerlink::engine::Deadline::after(engine.config.resolve.request_timeout);
+    for (image, result) in engine.prepull.check(&keychain, deadline).await {
+        match result {
+            Ok(pinned) => tracing::info!(image, pinned, "pre-pull image pinned"),
+            Err(problem) => {
+                tracing::warn!(image, problem, "pre-pull image cannot be pinned: pods get no pre-pull until it can")
+            }
+        }
+    }
 }
 
 /// Pull secrets and audit events when a cluster is reachable (in-cluster or kubeconfig);

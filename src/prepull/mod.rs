@@ -64,6 +64,14 @@ pub const VOLUME_PREFIX: &str = "layerlink-base-";
 /// The unprivileged user and group every injected container runs as (distroless `nonroot`).
 pub const NONROOT: i64 = 65532;
 
+/// What pre-pull adds to a pod, and what it had to leave out.
+#[derive(Debug, Default)]
+pub struct Injection {
+    pub ops: Vec<PatchOperation>,
+    /// Why the tools image or a base the pod needs could not be used (short, for a warning).
+    pub problems: Vec<String>,
+}
+
 /// A base a pod's images were found to be built on, ready to inject.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FoundBase {
@@ -134,12 +142,8 @@ impl Prepull {
         &self.detector
     }
 
-    /// JSON Patch ops that add pre-pull for the bases `pod`'s images are built on.
-    ///
-    /// `pod` is the Pod object as received; `pins` the engine's plan for it (digests of the images
-    /// it pinned; images written with a digest count too). Returns no ops when pre-pull is
-    /// disabled, the pod already has our containers or annotation (reinvocation), no base is
-    /// found by `deadline`, or (initContainer strategy) the tools image cannot be pinned in time.
+    /// JSON Patch ops that add pre-pull for the bases `pod`'s images are built on (see
+    /// [`Prepull::inject`], which also says why a base was left out).
     pub async fn ops(
         &self,
         pod: &Value,
@@ -147,16 +151,29 @@ impl Prepull {
         keychain: &Arc<Keychain>,
         deadline: Deadline,
     ) -> Vec<PatchOperation> {
+        self.inject(pod, pins, keychain, deadline).await.ops
+    }
+
+    /// What pre-pull adds to `pod`: JSON Patch ops for the bases its images are built on, and
+    /// why pre-pull left something out that it should have done (the tools image or a base
+    /// could not be pinned), for a warning on the pod, a log line and a metric.
+    ///
+    /// `pod` is the Pod object as received; `pins` the engine's plan for it (digests of the images
+    /// it pinned; images written with a digest count too). There are no ops when pre-pull is
+    /// disabled, the pod already has our containers or annotation (reinvocation), no base is
+    /// found by `deadline`, or (initContainer strategy) the tools image cannot be pinned in time.
+    pub async fn inject(&self, pod: &Value, pins: &[Pin], keychain: &Arc<Keychain>, deadline: Deadline) -> Injection {
+        let mut out = Injection::default();
         if !self.enabled || self.bases.is_empty() || inject::already_injected(pod) || inject::is_windows(pod) {
-            return Vec::new();
+            return out;
         }
         let needs_tools = self.strategy == Strategy::InitContainer;
         if needs_tools && self.tools_image.is_none() {
-            return Vec::new();
+            return out;
         }
         let apps = app_images(pod, pins);
         if apps.is_empty() {
-            return Vec::new();
+            return out;
         }
         let candidates: Vec<Arc<ConfiguredBase>> = match self.detect {
             Detect::Config => {
@@ -164,27 +181,54 @@ impl Prepull {
             }
             Detect::Layers => {
                 if apps.iter().all(|a| a.digest.is_none()) {
-                    return Vec::new();
+                    return out;
                 }
                 self.bases.clone()
             }
         };
         if candidates.is_empty() {
-            return Vec::new();
+            return out;
         }
         let lookups = candidates.into_iter().map(|base| self.look(base, apps.clone(), keychain.clone(), deadline));
         let tools = async {
             match (&self.tools_image, needs_tools) {
-                (Some((written, reference)), true) => self.pin(written, reference, keychain, deadline).await,
+                (Some((written, reference)), true) => Some(self.pin(written, reference, keychain, deadline).await),
                 _ => None,
             }
         };
-        let (found, tools) = futures::join!(futures::future::join_all(lookups), tools);
-        let found: Vec<FoundBase> = found.into_iter().flatten().collect();
-        if found.is_empty() || (needs_tools && tools.is_none()) {
-            return Vec::new();
+        let (looked, tools) = futures::join!(futures::future::join_all(lookups), tools);
+        let mut found = Vec::new();
+        for result in looked {
+            match result {
+                Ok(base) => found.extend(base),
+                Err(problem) => out.problems.push(problem),
+            }
         }
-        inject::inject(pod, &found, tools.as_deref(), self.strategy)
+        let tools = match tools {
+            Some(Ok(pinned)) => Some(pinned),
+            Some(Err(problem)) => {
+                out.problems.push(problem);
+                None
+            }
+            None => None,
+        };
+        if found.is_empty() || (needs_tools && tools.is_none()) {
+            return out;
+        }
+        out.ops = inject::inject(pod, &found, tools.as_deref(), self.strategy);
+        out
+    }
+
+    /// Pins the tools image and every configured base now, as `serve` does at start-up: a
+    /// reference that cannot be pinned would silently keep pods from getting pre-pull.
+    /// Returns (image, pinned reference or why not) for each.
+    pub async fn check(&self, keychain: &Arc<Keychain>, deadline: Deadline) -> Vec<(String, Result<String, String>)> {
+        let tools = self.tools_image.iter().filter(|_| self.strategy == Strategy::InitContainer);
+        let images: Vec<(&String, &Reference)> =
+            tools.map(|(w, r)| (w, r)).chain(self.bases.iter().map(|b| (&b.image, &b.reference))).collect();
+        let pinned = images.iter().map(|(written, reference)| self.pin(written, reference, keychain, deadline));
+        let results = futures::future::join_all(pinned).await;
+        images.into_iter().map(|(w, _)| w.clone()).zip(results).collect()
     }
 
     /// Pins the base and decides whether any app is built on it, in a task of its own: the caller
@@ -195,7 +239,7 @@ impl Prepull {
         apps: Vec<App>,
         keychain: Arc<Keychain>,
         deadline: Deadline,
-    ) -> Option<FoundBase> {
+    ) -> Result<Option<FoundBase>, String> {
         let resolver = self.resolver.clone();
         let detector = self.detector.clone();
         let (detect, keep_tag, background) = (self.detect, self.keep_tag, self.background);
@@ -211,7 +255,7 @@ impl Prepull {
                         }
                         Err(error) => {
                             tracing::warn!(base = %base.image, %error, "pre-pull base cannot be pinned");
-                            return None;
+                            return Err(format!("pre-pull base {} cannot be pinned: {error}", base.image));
                         }
                     }
                 }
@@ -227,17 +271,17 @@ impl Prepull {
                     futures::future::join_all(verdicts).await.into_iter().any(|v| v == Verdict::Yes)
                 }
             };
-            built_on.then(|| FoundBase { short: base.short.clone(), image: pinned })
+            Ok(built_on.then(|| FoundBase { short: base.short.clone(), image: pinned }))
         });
         match tokio::time::timeout_at(deadline.at.into(), task).await {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "pre-pull detection task failed");
-                None
+                Err("pre-pull detection failed".into())
             }
             Err(_) => {
                 tracing::info!("pre-pull detection not done by the deadline; finishing in the background");
-                None
+                Ok(None)
             }
         }
     }
@@ -248,15 +292,15 @@ impl Prepull {
         reference: &Reference,
         keychain: &Arc<Keychain>,
         deadline: Deadline,
-    ) -> Option<String> {
+    ) -> Result<String, String> {
         if reference.is_pinned() {
-            return Some(written.to_string());
+            return Ok(written.to_string());
         }
         match self.resolver.resolve(reference, keychain, deadline).await {
-            Ok(r) => Some(reference::pin(written, reference, &r.digest, self.keep_tag)),
+            Ok(r) => Ok(reference::pin(written, reference, &r.digest, self.keep_tag)),
             Err(error) => {
-                tracing::warn!(image = %written, %error, "pre-pull tools image cannot be pinned");
-                None
+                tracing::warn!(image = %written, %error, "pre-pull image cannot be pinned");
+                Err(format!("pre-pull image {written} cannot be pinned: {error}"))
             }
         }
     }
