@@ -75,7 +75,9 @@ impl Webhook {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        // Appended to, so a restarted server's log follows the earlier one's.
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_layerlink"))
             .args(["serve", "--config"])
             .arg(&self.config_path)
@@ -125,6 +127,13 @@ impl Webhook {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server and starts it again with the same config, addresses and certificates:
+    /// a fresh process, so its in-memory cache starts empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     /// The server's process id.
