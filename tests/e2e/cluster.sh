@@ -220,6 +220,34 @@ show_logs() {
   done
 }
 
+# The ports come from free_ports, which releases them before the processes bind them: another
+# program may take one meanwhile. Exit status of an `up` attempt that lost such a race.
+PORT_TAKEN=75
+
+# exited DIR NAME: NAME exited during startup; PORT_TAKEN if its log says that a port was taken.
+exited() {
+  if grep -q 'address already in use' "$1/$2.log" 2>/dev/null; then
+    log "$2 could not bind its port (taken since free_ports chose it)"
+    exit "$PORT_TAKEN"
+  fi
+  die "$2 exited during startup"
+}
+
+# up DIR: cmd_up, again with new ports (up to 3 attempts) when a port was taken meanwhile.
+up() {
+  local attempt rc
+  for attempt in 1 2 3; do
+    # Not `(cmd_up) || rc=$?`: errexit would be off inside the subshell.
+    set +e
+    (set -e; cmd_up "$1")
+    rc=$?
+    set -e
+    [[ $rc == "$PORT_TAKEN" ]] || return "$rc"
+    log "attempt $attempt lost a port to another program: starting again with new ports"
+  done
+  return "$rc"
+}
+
 up_failed() {
   local rc=$?
   trap - EXIT INT TERM
@@ -284,7 +312,7 @@ cmd_up() {
 
   local i
   for ((i = 0; i < 100; i++)); do
-    running "$(<"$dir/etcd.pid")" || die "etcd exited"
+    running "$(<"$dir/etcd.pid")" || exited "$dir" etcd
     if (exec 3<>"/dev/tcp/127.0.0.1/$etcd_port") 2>/dev/null; then break; fi
     sleep 0.1
   done
@@ -405,7 +433,7 @@ until_ready() {
   shift 3
   until "$@"; do
     for name in "${PROCS[@]}"; do
-      [[ ! -f $dir/$name.pid ]] || running "$(<"$dir/$name.pid")" || die "$name exited during startup"
+      [[ ! -f $dir/$name.pid ]] || running "$(<"$dir/$name.pid")" || exited "$dir" "$name"
     done
     ((SECONDS - start < timeout)) || die "not ready after ${timeout}s: waiting for $what"
     sleep 0.5
@@ -447,7 +475,7 @@ main() {
   [[ $# -eq 2 ]] || usage
   local verb=$1 dir=$2
   case $verb in
-    up) cmd_up "$dir" ;;
+    up) up "$dir" ;;
     down)
       [[ -d $dir ]] || exit 0
       cmd_down "$(cd "$dir" && pwd)" ;;
