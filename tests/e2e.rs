@@ -119,7 +119,7 @@ fn e2e() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Scenarios (issue 3: 1-6; issue 4: 7-9; issue 5: 10; issue 7: 11)
+// Scenarios
 
 /// 1. A pod in an enforce namespace is stored with every image (init containers and containers)
 ///    pinned to the digest the registry serves; a multi-arch image to its index; an image that is
@@ -534,7 +534,7 @@ fn rendered_manifests(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// 12. Pre-pull (issue 6): an app built on a configured base (its layers a prefix of the app's)
+/// 12. Pre-pull: an app built on a configured base (its layers a prefix of the app's)
 ///     is stored pinned, with the `layerlink-tools` and `layerlink-prepull-base` init containers
 ///     (base and tools pinned by digest) after the pod's own, the emptyDir, the annotation, and
 ///     the whole pod passes the restricted Pod Security Standard (1.20 has no PodSecurity
@@ -669,7 +669,7 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
     out
 }
 
-/// 13. `layerlink certs --apply` (issue 7): writes the `kubernetes.io/tls` Secret in
+/// 13. `layerlink certs --apply`: writes the `kubernetes.io/tls` Secret in
 ///     layerlink-system and sets every entry's caBundle of the configuration `layerlink`; a
 ///     layerlink serving the new certificate, reached with the applied caBundle, pins a pod.
 fn certs_apply(ctx: &mut Ctx) -> Result<(), String> {
@@ -712,7 +712,7 @@ fn certs_apply(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// 14. `layerlink audit` (issue 4) lists, read-only, the unpinned containers of pods running in
+/// 14. `layerlink audit` lists, read-only, the unpinned containers of pods running in
 ///     the cluster with what they would pin to; it follows `continue` across pages, and skips
 ///     with a note (not an error) the kinds the cluster does not serve (404) or the user may not
 ///     list (403).

@@ -20,7 +20,8 @@
 # `up DIR` creates DIR if needed and (re)initialises it; refuses if DIR's processes still run.
 # It returns once /readyz is ok and (with the controller-manager) the ServiceAccount
 # default/default has its token Secret. On any failure it stops what it started, prints the log
-# tails and exits non-zero.
+# tails and exits non-zero; when the failure was a port taken by another program between
+# choosing it and binding it, it starts again with new ports (3 attempts in all).
 # Files written in DIR:
 #   kubeconfig                  admin kubeconfig (static bearer token, user in system:masters,
 #                               CA embedded; context `layerlink-e2e`)
@@ -40,7 +41,8 @@
 #                               issues TokenRequest tokens with sa.key, the controller-manager signs
 #                               token Secrets with sa.key)
 #   pki/tokens.csv              static token file: admin token, user `admin`, group system:masters
-#   apiserver.args  controller-manager.args   the exact command lines, one argument per line
+#   etcd.args  kube-apiserver.args  kube-controller-manager.args   the exact command lines, one
+#                               argument per line
 #   controller-manager-certs/   its self-signed serving certificate (127.0.0.1, free port)
 #   audit.log  audit-policy.yaml   audit events (JSON lines) for every non-read request at level
 #                               Request; webhook auditAnnotations appear as
@@ -301,14 +303,12 @@ cmd_up() {
   local etcd_url=http://127.0.0.1:$etcd_port api_url=https://127.0.0.1:$api_port
 
   log "starting etcd on $etcd_url"
-  "$etcd_bin" --name layerlink-e2e --data-dir "$dir/etcd-data" \
+  launch "$dir" etcd "" "$etcd_bin" --name layerlink-e2e --data-dir "$dir/etcd-data" \
     --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "layerlink-e2e=http://127.0.0.1:$peer_port" \
-    --initial-cluster-state new --logger zap --log-outputs stderr \
-    >"$dir/etcd.log" 2>&1 </dev/null &
-  echo $! >"$dir/etcd.pid"
+    --initial-cluster-state new --logger zap --log-outputs stderr
 
   local i
   for ((i = 0; i < 100; i++)); do
@@ -376,16 +376,8 @@ EOF
     --audit-policy-file="$dir/audit-policy.yaml"
     --audit-log-path="$dir/audit.log"
   )
-  if [[ -n ${LAYERLINK_E2E_APISERVER_EXTRA_ARGS:-} ]]; then
-    local -a extra
-    read -r -a extra <<<"$LAYERLINK_E2E_APISERVER_EXTRA_ARGS"
-    args+=("${extra[@]}")
-  fi
-  printf '%s\n' "$apiserver" "${args[@]}" >"$dir/apiserver.args"
-
   log "starting kube-apiserver on $api_url"
-  "$apiserver" "${args[@]}" >"$dir/kube-apiserver.log" 2>&1 </dev/null &
-  echo $! >"$dir/kube-apiserver.pid"
+  launch "$dir" kube-apiserver "${LAYERLINK_E2E_APISERVER_EXTRA_ARGS:-}" "$apiserver" "${args[@]}"
 
   write_kubeconfig "$dir/kubeconfig" "$api_url" "$dir/pki/ca.crt" admin "    token: $token"
   {
@@ -460,15 +452,22 @@ start_controller_manager() {
     --root-ca-file="$dir/pki/ca.crt"
     --v=2
   )
-  if [[ -n ${LAYERLINK_E2E_CONTROLLER_MANAGER_EXTRA_ARGS:-} ]]; then
-    local -a extra
-    read -r -a extra <<<"$LAYERLINK_E2E_CONTROLLER_MANAGER_EXTRA_ARGS"
-    args+=("${extra[@]}")
-  fi
-  printf '%s\n' "$kcm" "${args[@]}" >"$dir/controller-manager.args"
   log "starting kube-controller-manager on https://127.0.0.1:$port"
-  "$kcm" "${args[@]}" >"$dir/kube-controller-manager.log" 2>&1 </dev/null &
-  echo $! >"$dir/kube-controller-manager.pid"
+  launch "$dir" kube-controller-manager "${LAYERLINK_E2E_CONTROLLER_MANAGER_EXTRA_ARGS:-}" "$kcm" "${args[@]}"
+}
+
+# launch DIR NAME EXTRA COMMAND...: runs COMMAND plus the words of EXTRA in the background as
+# NAME: its command line in DIR/NAME.args (one argument per line), its output in DIR/NAME.log,
+# its PID in DIR/NAME.pid.
+launch() {
+  local dir=$1 name=$2 extra=$3
+  shift 3
+  local -a command=("$@") more=()
+  [[ -z $extra ]] || read -r -a more <<<"$extra"
+  command+=("${more[@]}")
+  printf '%s\n' "${command[@]}" >"$dir/$name.args"
+  "${command[@]}" >"$dir/$name.log" 2>&1 </dev/null &
+  echo $! >"$dir/$name.pid"
 }
 
 main() {
