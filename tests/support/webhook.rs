@@ -75,9 +75,7 @@ impl Webhook {
     }
 
     fn spawn(&mut self) {
-        // Appended to, so a restarted server's log follows the earlier one's.
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_layerlink"))
             .args(["serve", "--config"])
             .arg(&self.config_path)
@@ -130,9 +128,12 @@ impl Webhook {
     }
 
     /// Stops the server and starts it again with the same config, addresses and certificates:
-    /// a fresh process, so its in-memory cache starts empty.
+    /// a new process, so its in-memory cache starts empty. The earlier process's log is kept as
+    /// `server.log.before-restart`.
     pub fn restart(&mut self) {
         self.stop();
+        let log = self.dir.path().join("server.log");
+        let _ = std::fs::rename(&log, log.with_extension("log.before-restart"));
         self.spawn();
     }
 
