@@ -1,15 +1,16 @@
-//! End-to-end scenarios: a real kube-apiserver v1.20.2 and etcd on loopback
-//! (`tests/e2e/cluster.sh`), layerlink (the real `layerlink serve`) registered through real
-//! MutatingWebhookConfigurations, objects created with kubectl, and assertions on what the API
-//! server stored.
+//! End-to-end scenarios: a real kube-apiserver and kube-controller-manager v1.20.2 and etcd on
+//! loopback (`tests/e2e/cluster.sh`), layerlink (the real `layerlink serve`) registered through
+//! real MutatingWebhookConfigurations, objects created with kubectl (pods also by the
+//! Deployment, ReplicaSet, StatefulSet, Job and DaemonSet controllers), and assertions on what
+//! the API server stored.
 //!
-//! Run it with `make e2e` (`tests/e2e/run.sh`: builds or reuses the cached kube-apiserver, then
+//! Run it with `make e2e` (`tests/e2e/run.sh`: builds or reuses the cached binaries, then
 //! `cargo test --test e2e -- --ignored --nocapture --test-threads=1`). A plain `cargo test` lists
-//! the test as ignored: it cannot run without the apiserver binary.
+//! the test as ignored: it cannot run without those binaries.
 //!
 //! One cluster, one registry (plus one that requires a password) and one layerlink serve every
-//! scenario; each scenario gets fresh namespaces (a control plane without a controller-manager
-//! cannot delete namespaces). Every scenario's result is printed as
+//! scenario; each scenario gets fresh namespaces, so nothing one leaves behind (pods, webhook
+//! retries of its controllers) reaches another's assertions. Every scenario's result is printed as
 //! `scenario N (name): ok|FAILED: why`; the test fails at the end if any failed.
 //!
 //! Webhook configurations change between scenarios. The API server picks changes up through an
@@ -55,6 +56,8 @@ const ENFORCE: &str = "enforce.layerlink.io";
 const AUDIT: &str = "audit.layerlink.io";
 /// How long a changed webhook configuration may take to be in effect.
 const TAKE_EFFECT: Duration = Duration::from_secs(30);
+/// How long a controller may take to create the pods asked for (they come within about a second).
+const POD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Credentials of the registry that requires a password (scenario 10).
 const PULL_USER: &str = "puller";
 const PULL_PASSWORD: &str = "e2e-pull-secret";
@@ -80,6 +83,8 @@ fn e2e() {
         (12, "pre-pull init containers injected, pinned and restricted", prepull),
         (13, "layerlink certs --apply writes the Secret and the caBundle", certs_apply),
         (14, "layerlink audit lists unpinned pods from the cluster", audit_command),
+        (15, "a Deployment's pods pinned, also after a restart and a scale-up", controller_pods),
+        (16, "StatefulSet, Job and DaemonSet pods pinned; a rollout pins the moved tag", workload_kinds),
     ];
     let only: Option<Vec<u32>> = std::env::var("LAYERLINK_E2E_ONLY")
         .ok()
@@ -114,7 +119,7 @@ fn e2e() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Scenarios (issue 3: 1-6; issue 4: 7-9; issue 5: 10; issue 7: 11)
+// Scenarios
 
 /// 1. A pod in an enforce namespace is stored with every image (init containers and containers)
 ///    pinned to the digest the registry serves; a multi-arch image to its index; an image that is
@@ -370,7 +375,7 @@ fn templates(ctx: &mut Ctx) -> Result<(), String> {
     let ns = "s9-enforce";
     ctx.namespace(ns, &[(MODE, "enforce")])?;
     let (init, app) = (ctx.img("team/init:v1"), ctx.img("team/app:v1"));
-    let spec = |name: &str| deployment(ns, name, &[("init", init.clone())], &[("app", app.clone())]);
+    let spec = |name: &str| workload(Kind::Deployment, ns, name, 1, &[("init", init.clone())], &[("app", app.clone())]);
     const TEMPLATE: &str = "/spec/template/spec";
 
     let sent = spec("by-default");
@@ -529,7 +534,7 @@ fn rendered_manifests(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// 12. Pre-pull (issue 6): an app built on a configured base (its layers a prefix of the app's)
+/// 12. Pre-pull: an app built on a configured base (its layers a prefix of the app's)
 ///     is stored pinned, with the `layerlink-tools` and `layerlink-prepull-base` init containers
 ///     (base and tools pinned by digest) after the pod's own, the emptyDir, the annotation, and
 ///     the whole pod passes the restricted Pod Security Standard (1.20 has no PodSecurity
@@ -664,7 +669,7 @@ fn restricted_violations(pod: &Value) -> Vec<String> {
     out
 }
 
-/// 13. `layerlink certs --apply` (issue 7): writes the `kubernetes.io/tls` Secret in
+/// 13. `layerlink certs --apply`: writes the `kubernetes.io/tls` Secret in
 ///     layerlink-system and sets every entry's caBundle of the configuration `layerlink`; a
 ///     layerlink serving the new certificate, reached with the applied caBundle, pins a pod.
 fn certs_apply(ctx: &mut Ctx) -> Result<(), String> {
@@ -707,7 +712,7 @@ fn certs_apply(ctx: &mut Ctx) -> Result<(), String> {
     Ok(())
 }
 
-/// 14. `layerlink audit` (issue 4) lists, read-only, the unpinned containers of pods running in
+/// 14. `layerlink audit` lists, read-only, the unpinned containers of pods running in
 ///     the cluster with what they would pin to; it follows `continue` across pages, and skips
 ///     with a note (not an error) the kinds the cluster does not serve (404) or the user may not
 ///     list (403).
@@ -784,6 +789,94 @@ fn audit_command(ctx: &mut Ctx) -> Result<(), String> {
     )
 }
 
+/// 15. Pods created by a controller: a Deployment with 2 replicas in an enforce namespace gets 2
+///     pods from its ReplicaSet, stored pinned and with what ServiceAccount admission adds (the
+///     `default` account and its token volume); the ReplicaSet's template stays as sent (pods
+///     are pinned, not templates); after a restart of layerlink (a new process, its cache
+///     empty), scaling to 3 adds a third pinned pod and keeps the first two.
+fn controller_pods(ctx: &mut Ctx) -> Result<(), String> {
+    ctx.install(vec![ctx.standard()])?;
+    let ns = "s15-workload";
+    ctx.namespace(ns, &[(MODE, "enforce")])?;
+    let sent = workload(
+        Kind::Deployment,
+        ns,
+        "web",
+        2,
+        &[("init", ctx.img("team/init:v1"))],
+        &[("app", ctx.img("team/app:v1"))],
+    );
+    ctx.kubectl.create(&sent)?;
+    let want =
+        [("initContainers/init", ctx.pinned("team/init", "v1")), ("containers/app", ctx.pinned("team/app", "v1"))];
+    let first = ctx.wait_pods(Kind::Deployment, ns, "web", 2)?;
+    expect_pods_images(&first, &want)?;
+    for pod in &first {
+        let spec = &pod["spec"];
+        let token_volume = spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v["secret"]["secretName"].as_str().is_some_and(|s| s.starts_with("default-token-")));
+        ensure(
+            spec["serviceAccountName"] == "default" && token_volume,
+            format!("pod {} lacks the default account or its token volume: {spec}", name_of(pod)),
+        )?;
+    }
+    let sets = ctx.replica_sets(ns, "web")?;
+    ensure(sets.len() == 1, format!("want one ReplicaSet, got {}", sets.len()))?;
+    const TEMPLATE: &str = "/spec/template/spec";
+    expect_eq("ReplicaSet template images", &images_at(&sets[0], TEMPLATE), &images_at(&sent, TEMPLATE))?;
+
+    ctx.layerlink.restart();
+    let scaled = ctx.scale(Kind::Deployment, ns, "web", 3)?;
+    expect_pods_images(&scaled, &want)?;
+    let names: Vec<String> = scaled.iter().map(name_of).collect();
+    ensure(
+        first.iter().all(|pod| names.contains(&name_of(pod))),
+        format!(
+            "scaling up replaced pods: before {:?}, after {names:?}",
+            first.iter().map(name_of).collect::<Vec<_>>()
+        ),
+    )
+}
+
+/// 16. The other controllers and a rollout: a StatefulSet's, a Job's and a DaemonSet's pods (over
+///     a Node object made for it) are stored pinned; after the tag moved and layerlink restarted
+///     (its cache empty), `kubectl rollout restart` gives the Deployment a new ReplicaSet whose
+///     pods are pinned to the tag's new digest.
+fn workload_kinds(ctx: &mut Ctx) -> Result<(), String> {
+    ctx.install(vec![ctx.standard()])?;
+    let ns = "s16-workloads";
+    ctx.namespace(ns, &[(MODE, "enforce")])?;
+    let app = [("app", ctx.img("team/app:v1"))];
+    let want = [("containers/app", ctx.pinned("team/app", "v1"))];
+    ctx.kubectl.create(&workload(Kind::StatefulSet, ns, "db", 2, &[], &app))?;
+    expect_pods_images(&ctx.wait_pods(Kind::StatefulSet, ns, "db", 2)?, &want)?;
+    ctx.kubectl.create(&workload(Kind::Job, ns, "batch", 2, &[], &app))?;
+    expect_pods_images(&ctx.wait_pods(Kind::Job, ns, "batch", 2)?, &want)?;
+    ctx.node("s16-node")?;
+    let nodes = ctx.kubectl.get_list("nodes", "")?.len();
+    ctx.kubectl.create(&workload(Kind::DaemonSet, ns, "agent", 0, &[], &app))?;
+    expect_pods_images(&ctx.wait_pods(Kind::DaemonSet, ns, "agent", nodes)?, &want)?;
+
+    // A repository of its own: moving team/app:v1 would change what later scenarios expect.
+    ctx.registry.push("team/moving", "v1", &image("moving-1"));
+    let before = [("containers/app", ctx.pinned("team/moving", "v1"))];
+    ctx.kubectl.create(&workload(Kind::Deployment, ns, "web", 2, &[], &[("app", ctx.img("team/moving:v1"))]))?;
+    expect_pods_images(&ctx.wait_pods(Kind::Deployment, ns, "web", 2)?, &before)?;
+    let after = [("containers/app", ctx.move_tag("team/moving", "v1", "moving-2")?)];
+    ctx.layerlink.restart();
+    let restarted = ctx.rollout_restart(ns, "web", 2)?;
+    expect_pods_images(&restarted, &after)?;
+    let all = ctx.pods_of(Kind::Deployment, ns, "web")?;
+    expect_eq(
+        "the Deployment's pods",
+        &all.iter().map(name_of).collect::<Vec<_>>(),
+        &restarted.iter().map(name_of).collect(),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // The shared context: cluster, registries, layerlink, the helper webhook, installed configs
 
@@ -832,6 +925,7 @@ impl Ctx {
         let probe_ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": PROBE_NS, "labels": {MODE: "off", PROBE_LABEL: "on"}}});
         kubectl.create(&probe_ns).expect("probe namespace");
+        cluster.wait_default_token(PROBE_NS).expect("probe namespace");
 
         let layerlink = start_layerlink(&cluster, &registry, &private, "allow", "", None);
         Ctx {
@@ -963,11 +1057,154 @@ impl Ctx {
         self.kubectl.create(config).map(|_| ())
     }
 
-    /// Creates a namespace with these labels.
+    /// Creates a namespace with these labels, and waits until pods may be created there.
     fn namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<(), String> {
         let labels: serde_json::Map<String, Value> = labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
-        self.kubectl.create(&ns).map(|_| ())
+        self.kubectl.create(&ns)?;
+        self.cluster.wait_default_token(name)
+    }
+
+    // --- Workloads: pods created by the controller-manager -----------------------------------
+
+    /// The pods a workload's controller owns (a Deployment's: its ReplicaSets'), by name;
+    /// terminating ones left out.
+    fn pods_of(&self, kind: Kind, ns: &str, name: &str) -> Result<Vec<Value>, String> {
+        let owners = match kind {
+            Kind::Deployment => self.replica_sets(ns, name)?.iter().map(uid_of).collect(),
+            _ => vec![uid_of(&self.kubectl.get(kind.resource(), ns, name)?)],
+        };
+        self.pods_owned_by(ns, &owners)
+    }
+
+    /// The live pods in `ns` whose controller is one of `owners` (uids), by name.
+    fn pods_owned_by(&self, ns: &str, owners: &[String]) -> Result<Vec<Value>, String> {
+        let mut pods: Vec<Value> = self
+            .kubectl
+            .get_list("pods", ns)?
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| controller_uid(p).is_some_and(|uid| owners.contains(&uid)))
+            .collect();
+        pods.sort_by_key(name_of);
+        Ok(pods)
+    }
+
+    /// The ReplicaSets of a Deployment, oldest revision first.
+    fn replica_sets(&self, ns: &str, deployment: &str) -> Result<Vec<Value>, String> {
+        let owner = uid_of(&self.kubectl.get("deployment", ns, deployment)?);
+        let mut sets: Vec<Value> = self
+            .kubectl
+            .get_list("replicasets", ns)?
+            .into_iter()
+            .filter(|rs| controller_uid(rs).as_deref() == Some(owner.as_str()))
+            .collect();
+        let revision = |rs: &Value| -> u64 {
+            rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0)
+        };
+        sets.sort_by_key(revision);
+        Ok(sets)
+    }
+
+    /// Waits until the workload has exactly `n` pods and returns them (by name).
+    fn wait_pods(&self, kind: Kind, ns: &str, name: &str, n: usize) -> Result<Vec<Value>, String> {
+        self.await_pods(&format!("{kind:?} {ns}/{name}"), ns, n, || self.pods_of(kind, ns, name))
+    }
+
+    /// Polls `list` until it returns exactly `n` pods (POD_TIMEOUT). The error names what it saw
+    /// and the namespace's warning Events: a pod that admission refused shows up there as
+    /// `FailedCreate` with the API server's message.
+    fn await_pods(
+        &self,
+        what: &str,
+        ns: &str,
+        n: usize,
+        list: impl Fn() -> Result<Vec<Value>, String>,
+    ) -> Result<Vec<Value>, String> {
+        let mut seen = Ok(Vec::new());
+        let found = wait_for(POD_TIMEOUT, || {
+            seen = list();
+            seen.as_ref().ok().filter(|pods| pods.len() == n).cloned()
+        });
+        found.ok_or_else(|| {
+            let seen = match seen {
+                Ok(pods) => format!(
+                    "{} pod(s) {:?}",
+                    pods.len(),
+                    pods.iter().map(|p| (name_of(p), images_at(p, "/spec"))).collect::<Vec<_>>()
+                ),
+                Err(e) => e,
+            };
+            let no_controllers =
+                if self.cluster.controller_manager { "" } else { " (no kube-controller-manager runs)" };
+            format!("{what}: want {n} pod(s) within {POD_TIMEOUT:?}{no_controllers}, saw {seen}; {}", self.warnings(ns))
+        })
+    }
+
+    /// The namespace's last few warning Events, for error messages.
+    fn warnings(&self, ns: &str) -> String {
+        let events = match self.kubectl.get_list("events", ns) {
+            Ok(events) => events,
+            Err(e) => return format!("events: {e}"),
+        };
+        let mut warnings: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"] == "Warning")
+            .map(|e| {
+                let object = &e["involvedObject"];
+                format!("{} {}: {} {}", object["kind"], object["name"], e["reason"], e["message"])
+            })
+            .collect();
+        let recent = warnings.split_off(warnings.len().saturating_sub(5));
+        if recent.is_empty() { "no warning events".into() } else { format!("warning events: {}", recent.join("; ")) }
+    }
+
+    /// `kubectl scale` (Deployments and StatefulSets), then waits for that many pods.
+    fn scale(&self, kind: Kind, ns: &str, name: &str, replicas: usize) -> Result<Vec<Value>, String> {
+        let target = format!("{}/{name}", kind.resource());
+        self.kubectl.ok(&["-n", ns, "scale", &target, &format!("--replicas={replicas}")], None)?;
+        self.wait_pods(kind, ns, name, replicas)
+    }
+
+    /// `kubectl rollout restart` of a Deployment; waits for its new ReplicaSet and for `n` pods
+    /// of it, and returns those. (A [`workload`] Deployment recreates: the old pods are gone.)
+    fn rollout_restart(&self, ns: &str, deployment: &str, n: usize) -> Result<Vec<Value>, String> {
+        let before: Vec<String> = self.replica_sets(ns, deployment)?.iter().map(uid_of).collect();
+        self.kubectl.ok(&["-n", ns, "rollout", "restart", &format!("deployment/{deployment}")], None)?;
+        let new_set = wait_for(POD_TIMEOUT, || {
+            self.replica_sets(ns, deployment).ok()?.into_iter().find(|rs| !before.contains(&uid_of(rs)))
+        })
+        .ok_or_else(|| {
+            format!("no new ReplicaSet of {ns}/{deployment} within {POD_TIMEOUT:?}; {}", self.warnings(ns))
+        })?;
+        let what = format!("ReplicaSet {ns}/{} (restart of {deployment})", name_of(&new_set));
+        self.await_pods(&what, ns, n, || self.pods_owned_by(ns, &[uid_of(&new_set)]))
+    }
+
+    /// Moves `repo:tag` in the test registry to a new image (made from `seed`) and returns the
+    /// new pinned reference. A running layerlink keeps what it resolved for its cache ttl (10
+    /// minutes by default): restart it (`ctx.layerlink.restart()`) or give it a short ttl.
+    fn move_tag(&self, repo: &str, tag: &str, seed: &str) -> Result<String, String> {
+        let before = self.registry.manifest_digest(repo, tag);
+        self.registry.push(repo, tag, &image(seed));
+        let after = self.pinned(repo, tag);
+        match before {
+            Some(digest) if after.ends_with(&digest) => Err(format!("{repo}:{tag} already was the image of {seed:?}")),
+            _ => Ok(after),
+        }
+    }
+
+    /// A Node object that DaemonSets place pods on. The API server taints every new Node
+    /// `node.kubernetes.io/not-ready:NoSchedule` (TaintNodesByCondition admission), and with no
+    /// kubelet or node-lifecycle controller nothing lifts it, so this removes it; no status,
+    /// heartbeat Lease or allocatable is needed. Nodes are cluster-wide and outlive the
+    /// scenario: every DaemonSet gets a pod on each.
+    fn node(&self, name: &str) -> Result<(), String> {
+        self.kubectl.create(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))?;
+        self.kubectl.ok(&["taint", "node", name, "node.kubernetes.io/not-ready:NoSchedule-"], None).map(|_| ())
     }
 
     /// The annotations of the audit event of the object's creation (`ResponseComplete`).
@@ -1090,20 +1327,85 @@ fn pod(ns: &str, name: &str, init: &[(&str, String)], main: &[(&str, String)]) -
     pod
 }
 
-fn deployment(ns: &str, name: &str, init: &[(&str, String)], main: &[(&str, String)]) -> Value {
+/// The workload kinds whose controllers run in the e2e cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Deployment,
+    StatefulSet,
+    Job,
+    DaemonSet,
+}
+
+impl Kind {
+    /// The kubectl resource name.
+    fn resource(self) -> &'static str {
+        match self {
+            Kind::Deployment => "deployment",
+            Kind::StatefulSet => "statefulset",
+            Kind::Job => "job",
+            Kind::DaemonSet => "daemonset",
+        }
+    }
+}
+
+/// A workload whose pods (labelled `app: <name>`) have these containers: `replicas` pods (a
+/// Job: its parallelism and completions; a DaemonSet: one pod per Node, `replicas` unused).
+/// Shaped so that every pod is created although none ever runs (no scheduler, no kubelet): a
+/// Deployment recreates (a rolling update waits for new pods to become available, so it would
+/// stop after its surge), a StatefulSet starts its pods in parallel (OrderedReady waits for pod 0
+/// to be Ready).
+fn workload(
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    replicas: u32,
+    init: &[(&str, String)],
+    main: &[(&str, String)],
+) -> Value {
+    let mut template = json!({"metadata": {"labels": {"app": name}}, "spec": {"containers": containers(main)}});
+    if !init.is_empty() {
+        template["spec"]["initContainers"] = containers(init);
+    }
+    let selector = json!({"matchLabels": {"app": name}});
+    let (api_version, spec) = match kind {
+        Kind::Deployment => (
+            "apps/v1",
+            json!({"replicas": replicas, "selector": selector, "strategy": {"type": "Recreate"}, "template": template}),
+        ),
+        Kind::StatefulSet => (
+            "apps/v1",
+            json!({"replicas": replicas, "serviceName": name, "podManagementPolicy": "Parallel", "selector": selector, "template": template}),
+        ),
+        Kind::Job => {
+            template["spec"]["restartPolicy"] = json!("Never");
+            ("batch/v1", json!({"parallelism": replicas, "completions": replicas, "template": template}))
+        }
+        Kind::DaemonSet => ("apps/v1", json!({"selector": selector, "template": template})),
+    };
     json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": api_version,
+        "kind": format!("{kind:?}"),
         "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"initContainers": containers(init), "containers": containers(main)},
-            },
-        },
+        "spec": spec,
     })
+}
+
+fn name_of(object: &Value) -> String {
+    object["metadata"]["name"].as_str().unwrap_or("?").to_string()
+}
+
+fn uid_of(object: &Value) -> String {
+    object["metadata"]["uid"].as_str().unwrap_or("").to_string()
+}
+
+/// The uid of the object's controller (the ownerReference with `controller: true`).
+fn controller_uid(object: &Value) -> Option<String> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
+        .and_then(|r| r["uid"].as_str())
+        .map(str::to_string)
 }
 
 /// `initContainers/<name>` and `containers/<name>` → image, under the pod spec at `spec`.
@@ -1123,6 +1425,14 @@ fn images_at(object: &Value, spec: &str) -> BTreeMap<String, String> {
 fn expect_images(object: &Value, spec: &str, want: &[(&str, String)]) -> Result<(), String> {
     let want: BTreeMap<String, String> = want.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     expect_eq("images", &images_at(object, spec), &want)
+}
+
+/// Every pod has these images (see [`expect_images`]); the error names the pod.
+fn expect_pods_images(pods: &[Value], want: &[(&str, String)]) -> Result<(), String> {
+    for pod in pods {
+        expect_images(pod, "/spec", want).map_err(|e| format!("pod {}: {e}", name_of(pod)))?;
+    }
+    Ok(())
 }
 
 fn expect_eq<T: PartialEq + std::fmt::Debug>(what: &str, got: &T, want: &T) -> Result<(), String> {
@@ -1267,17 +1577,20 @@ impl Kubectl {
     }
 }
 
-/// etcd and kube-apiserver started by `tests/e2e/cluster.sh up DIR`; Drop (also on panic) runs
-/// `cluster.sh down DIR`, which stops exactly those processes.
+/// etcd, kube-apiserver and kube-controller-manager started by `tests/e2e/cluster.sh up DIR`;
+/// Drop (also on panic) runs `cluster.sh down DIR`, which stops exactly those processes.
 struct Cluster {
     dir: PathBuf,
     kubectl: Kubectl,
+    /// Whether a kube-controller-manager runs (not with LAYERLINK_E2E_CONTROLLER_MANAGER=0).
+    controller_manager: bool,
 }
 
 impl Cluster {
     fn up(dir: PathBuf) -> Cluster {
         // The guard exists before `up` starts anything.
-        let cluster = Cluster { kubectl: Kubectl { kubeconfig: dir.join("kubeconfig") }, dir };
+        let mut cluster =
+            Cluster { kubectl: Kubectl { kubeconfig: dir.join("kubeconfig") }, dir, controller_manager: false };
         let status = Command::new("bash")
             .arg(script("cluster.sh"))
             .arg("up")
@@ -1286,7 +1599,23 @@ impl Cluster {
             .status()
             .expect("run tests/e2e/cluster.sh");
         assert!(status.success(), "cluster.sh up {} failed ({status}); see the logs above", cluster.dir.display());
+        cluster.controller_manager = cluster.dir.join("kube-controller-manager.pid").exists();
         cluster
+    }
+
+    /// Waits until the ServiceAccount `default` of the namespace has its token Secret: until
+    /// then, ServiceAccount admission refuses every pod there. Nothing to wait for without the
+    /// controller-manager (that admission plugin is off then).
+    fn wait_default_token(&self, ns: &str) -> Result<(), String> {
+        if !self.controller_manager {
+            return Ok(());
+        }
+        let args = ["-n", ns, "get", "serviceaccount", "default", "-o", "jsonpath={.secrets[*].name}"];
+        wait_for(POD_TIMEOUT, || {
+            let out = self.kubectl.run(&args, None);
+            (out.ok && !out.stdout.trim().is_empty()).then_some(())
+        })
+        .ok_or_else(|| format!("the ServiceAccount {ns}/default has no token Secret after {POD_TIMEOUT:?}"))
     }
 }
 

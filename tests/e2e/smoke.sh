@@ -3,8 +3,9 @@
 #
 # Usage:   tests/e2e/smoke.sh            exit 0 and "SMOKE OK" on success
 #
-# Steps: cluster.sh up (building/caching kube-apiserver via apiserver.sh on first use); create a
-# namespace and a pod with kubectl and read it back with `kubectl get -o json`; start a throwaway
+# Steps: cluster.sh up (building/caching the binaries via apiserver.sh on first use); create a
+# namespace (waiting for its default token when the controller-manager runs) and a pod with
+# kubectl and read it back with `kubectl get -o json`; start a throwaway
 # mutating webhook (python3 stdlib HTTPS server, openssl certificates) that allows every request
 # and returns a JSONPatch adding the label smoke.layerlink.io/mutated=true; register it with a
 # MutatingWebhookConfiguration (clientConfig.url https://127.0.0.1:PORT/mutate, caBundle);
@@ -55,6 +56,14 @@ log "server version: $(k version -o json 2>/dev/null | python3 -c 'import json,s
 NS=smoke
 k create namespace "$NS" >/dev/null
 k label namespace "$NS" smoke.layerlink.io/webhook=on >/dev/null
+# With the controller-manager, ServiceAccount admission refuses pods until the namespace's
+# account `default` has its token Secret (a moment after the namespace is created).
+if [[ -n ${LAYERLINK_E2E_CONTROLLER_MANAGER_LOG:-} ]]; then
+  for _ in $(seq 60); do
+    [[ -n $(k -n "$NS" get serviceaccount default -o 'jsonpath={.secrets[*].name}' 2>/dev/null) ]] && break
+    sleep 0.5
+  done
+fi
 k -n "$NS" run plain --image=nginx:1.25 --labels=app=plain >/dev/null
 k -n "$NS" get pod plain -o json >"$WORK/plain.json"
 python3 - "$WORK/plain.json" <<'EOF' || fail "pod plain read back wrong"

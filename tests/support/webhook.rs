@@ -127,6 +127,16 @@ impl Webhook {
         }
     }
 
+    /// Stops the server and starts it again with the same config, addresses and certificates:
+    /// a new process, so its in-memory cache starts empty. The earlier process's log is kept as
+    /// `server.log.before-restart`.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = self.dir.path().join("server.log");
+        let _ = std::fs::rename(&log, log.with_extension("log.before-restart"));
+        self.spawn();
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
