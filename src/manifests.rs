@@ -52,8 +52,7 @@ use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
 use crate::{
     Config, Engine, Error,
     engine::{Deadline, Problem},
-    patch,
-    policy::SKIP_ANNOTATION,
+    patch, policy,
     reference::Reference,
     registry::auth::Keychain,
     sites::{self, Shape, Site},
@@ -217,37 +216,12 @@ pub fn document_sites(value: &Value, config: &Config) -> Vec<Site> {
 
 fn object_sites(kind: &str, object: &Value, config: &Config) -> Vec<Site> {
     let Some(shape) = sites::shape(kind).filter(|s| *s != Shape::EphemeralContainers) else { return Vec::new() };
-    if let Some(reason) = skip_reason(config, shape, object) {
+    if let Some(reason) = policy::skip_reason(config, shape, object) {
         let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         tracing::info!(kind, name, "left alone: {reason}");
         return Vec::new();
     }
     sites::find(shape, object)
-}
-
-/// Why the config leaves this object alone, as the webhook would: its namespace is in
-/// `exclude.namespaces`, or it (or its pod template) carries `layerlink.io/skip: "true"` and
-/// `allowPodOptOut` is set.
-pub fn skip_reason(config: &Config, shape: Shape, object: &Value) -> Option<String> {
-    if let Some(namespace) = object.pointer("/metadata/namespace").and_then(Value::as_str)
-        && config.exclude.namespaces.iter().any(|n| n == namespace)
-    {
-        return Some(format!("namespace {namespace} is excluded"));
-    }
-    if config.allow_pod_opt_out {
-        let template = match shape {
-            Shape::Template(spec) => spec.strip_suffix("/spec").map(|t| format!("{t}/metadata")),
-            _ => None,
-        };
-        let opted_out = ["/metadata".to_string()].into_iter().chain(template).any(|meta| {
-            object.pointer(&format!("{meta}/annotations")).and_then(|a| a.get(SKIP_ANNOTATION)).and_then(Value::as_str)
-                == Some("true")
-        });
-        if opted_out {
-            return Some(format!("opted out with {SKIP_ANNOTATION}: \"true\""));
-        }
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -470,6 +444,7 @@ fn verify(before: &str, after: &str, edits: &[Edit]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::SKIP_ANNOTATION;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

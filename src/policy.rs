@@ -1,11 +1,11 @@
-//! Whether a review is ours to act on: operation, kind, namespace exclusions and pod opt-out.
-//! Pure: it reads the request and the config, nothing else.
+//! Whether an object is ours to act on: operation, kind, namespace exclusions and pod opt-out,
+//! for the webhook ([`decide`]) and the offline front ends ([`skip_reason`]) alike.
+//! Pure: it reads what it is given and the config, nothing else.
 
 use serde_json::Value;
 
 use crate::{
     Config,
-    admission::review::AdmissionRequest,
     sites::{self, Shape},
 };
 
@@ -41,11 +41,21 @@ pub enum Decision {
     Act(Shape),
 }
 
-pub fn decide(request: &AdmissionRequest, config: &Config) -> Decision {
-    if !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
+/// What [`decide`] reads of an admission request.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    pub operation: &'a str,
+    pub kind: &'a str,
+    pub sub_resource: Option<&'a str>,
+    pub namespace: &'a str,
+    pub object: Option<&'a Value>,
+}
+
+pub fn decide(request: &Subject<'_>, config: &Config) -> Decision {
+    if !matches!(request.operation, "CREATE" | "UPDATE") {
         return Decision::Skip(format!("operation {} is not handled", request.operation));
     }
-    let kind = request.kind.kind.as_str();
+    let kind = request.kind;
     let Some(shape) = sites::shape(kind) else {
         return Decision::Skip(format!("kind {kind} has no pod spec"));
     };
@@ -53,20 +63,33 @@ pub fn decide(request: &AdmissionRequest, config: &Config) -> Decision {
         return Decision::Skip(format!("pod templates of {kind} are not pinned (workloads.templates: false)"));
     }
     // A Pod UPDATE is pinned only through spec images; a status or binding subresource carries none.
-    if let Some(sub) = request.sub_resource.as_deref().filter(|s| *s != "ephemeralcontainers") {
+    if let Some(sub) = request.sub_resource.filter(|s| *s != "ephemeralcontainers") {
         return Decision::Skip(format!("subresource {sub} is not handled"));
     }
-    let namespace = request.namespace.as_deref().unwrap_or("");
+    let namespace = request.namespace;
     if config.exclude.namespaces.iter().any(|n| n == namespace) {
         return Decision::Skip(format!("namespace {namespace} is excluded"));
     }
-    let Some(object) = request.object.as_ref() else {
+    let Some(object) = request.object else {
         return Decision::Skip("the review has no object".into());
     };
     if config.allow_pod_opt_out && opted_out(object, shape) {
         return Decision::Skip(format!("opted out with {SKIP_ANNOTATION}: \"true\""));
     }
     Decision::Act(shape)
+}
+
+/// Why the config leaves an object alone outside admission (`layerlink mutate`, `layerlink
+/// audit`), as the webhook would: its `metadata.namespace` is in `exclude.namespaces`, or it (or
+/// its pod template) carries `layerlink.io/skip: "true"` and `allowPodOptOut` is set.
+pub fn skip_reason(config: &Config, shape: Shape, object: &Value) -> Option<String> {
+    if let Some(namespace) = object.pointer("/metadata/namespace").and_then(Value::as_str)
+        && config.exclude.namespaces.iter().any(|n| n == namespace)
+    {
+        return Some(format!("namespace {namespace} is excluded"));
+    }
+    (config.allow_pod_opt_out && opted_out(object, shape))
+        .then(|| format!("opted out with {SKIP_ANNOTATION}: \"true\""))
 }
 
 /// The annotation on the object, or on the pod template of a workload.
@@ -93,7 +116,7 @@ mod tests {
         let mut json = fixtures::json(file);
         edit(&mut json);
         let review: crate::admission::review::AdmissionReview = serde_json::from_value(json).unwrap();
-        decide(&review.request.unwrap(), config)
+        decide(&review.request.unwrap().subject(), config)
     }
 
     #[test]

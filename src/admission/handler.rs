@@ -89,7 +89,7 @@ async fn decide(
     api_timeout: Option<Duration>,
 ) -> (Response, &'static str) {
     let uid = request.uid.as_str();
-    let shape = match policy::decide(request, &engine.config) {
+    let shape = match policy::decide(&request.subject(), &engine.config) {
         Decision::Skip(reason) => {
             tracing::debug!(uid, kind = %request.kind.kind, object = %request.object_ref(), %reason, "skipped");
             return (Response::allow(uid), "skipped");

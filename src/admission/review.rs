@@ -61,6 +61,17 @@ impl AdmissionRequest {
     pub fn is_dry_run(&self) -> bool {
         self.dry_run.unwrap_or(false)
     }
+
+    /// What the policy reads of this request.
+    pub fn subject(&self) -> crate::policy::Subject<'_> {
+        crate::policy::Subject {
+            operation: &self.operation,
+            kind: &self.kind.kind,
+            sub_resource: self.sub_resource.as_deref(),
+            namespace: self.namespace.as_deref().unwrap_or(""),
+            object: self.object.as_ref(),
+        }
+    }
 }
 
 /// The review we answer with: always HTTP 200, uid and apiVersion echoed.

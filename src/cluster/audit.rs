@@ -20,7 +20,7 @@ use crate::{
     Engine, Error,
     engine::{Deadline, Plan},
     kinds,
-    manifests::skip_reason,
+    policy::skip_reason,
     registry::auth::Keychain,
     sites,
 };
