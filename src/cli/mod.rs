@@ -153,6 +153,50 @@ fn one_line(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    /// Every `layerlink …` command line in a shell block of the README and docs/ parses with
+    /// this CLI: the docs show the commands as they are.
+    #[test]
+    fn the_documented_command_lines_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("README.md")];
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+        let mut checked = 0;
+        for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut in_shell = false;
+            for line in text.lines() {
+                if line.starts_with("```") {
+                    in_shell = matches!(line.trim_start_matches('`'), "sh" | "bash" | "shell");
+                    continue;
+                }
+                if !in_shell {
+                    continue;
+                }
+                for command in documented_commands(line) {
+                    Cli::try_parse_from(&command)
+                        .unwrap_or_else(|e| panic!("{}: `{}` does not parse:\n{e}", file.display(), command.join(" ")));
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 8, "only {checked} documented command lines found");
+    }
+
+    /// The `layerlink` invocations of one shell line, split into words: from `layerlink` to the
+    /// next pipe, redirect, `&&` or comment.
+    fn documented_commands(line: &str) -> Vec<Vec<String>> {
+        let line = line.split(" #").next().unwrap_or("");
+        line.split(['|', '>', ';'])
+            .flat_map(|part| part.split("&&"))
+            .filter_map(|part| {
+                let words: Vec<String> = part.split_whitespace().map(|w| w.trim_matches('\'').to_string()).collect();
+                (words.first().map(String::as_str) == Some("layerlink")).then_some(words)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_bare_level_applies_to_layerlink_only() {
         assert_eq!(filter_directives("", "warn,layerlink=info"), "warn,layerlink=info");
