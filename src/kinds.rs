@@ -80,7 +80,8 @@ mod tests {
         for kind in ALL {
             let mut object = serde_json::json!({"metadata": {"name": "x"}});
             let mut spec = serde_json::json!({"containers": [{"name": "c", "image": "app:v1"}],
-                "initContainers": [{"name": "i", "image": "init:v1"}]});
+                "initContainers": [{"name": "i", "image": "init:v1"}],
+                "volumes": [{"name": "v", "image": {"reference": "vol:v1"}}]});
             // Build the object from the pointer down: /spec/template/spec → {spec: {template: {spec}}}.
             for token in kind.pod_spec.rsplit('/').filter(|t| !t.is_empty()) {
                 spec = serde_json::json!({ token: spec });
@@ -92,7 +93,7 @@ mod tests {
             let read = serde_json::from_value::<AdmissionReview>(review).unwrap().request.unwrap().object.unwrap();
             let shape = sites::shape(kind.kind).unwrap();
             let found: Vec<String> = sites::find(shape, &read).into_iter().map(|s| s.image).collect();
-            assert_eq!(found, ["init:v1", "app:v1"], "{}", kind.kind);
+            assert_eq!(found, ["init:v1", "app:v1", "vol:v1"], "{}", kind.kind);
         }
     }
 

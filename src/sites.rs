@@ -1,5 +1,6 @@
 //! Where images live: every `image` field of a Pod, an EphemeralContainers subresource, or a pod
-//! template in a workload, as (JSON pointer, image) pairs on the raw object.
+//! template in a workload, and every image volume's `image.reference`, as (JSON pointer, image)
+//! pairs on the raw object.
 
 use serde_json::Value;
 
@@ -9,7 +10,7 @@ pub struct Site {
     /// RFC 6901 pointer to the `image` string, e.g. `/spec/containers/0/image`.
     pub pointer: String,
     pub image: String,
-    /// The container's name, for messages and reports.
+    /// The container's name (or the image volume's), for messages and reports.
     pub container: String,
 }
 
@@ -44,7 +45,8 @@ pub fn spec_pointer(shape: Shape) -> &'static str {
     }
 }
 
-/// Every image field in the object, init containers first, in document order.
+/// Every image field in the object, init containers first, in document order, then the image
+/// volumes (`volumes[].image.reference`) of a pod spec.
 pub fn find(shape: Shape, object: &Value) -> Vec<Site> {
     let base = spec_pointer(shape);
     let Some(spec) = object.pointer(base) else { return Vec::new() };
@@ -61,7 +63,23 @@ pub fn find(shape: Shape, object: &Value) -> Vec<Site> {
             }
         }
     }
+    // The 1.20 EphemeralContainers subresource carries no volumes.
+    let volumes = spec.get("volumes").and_then(Value::as_array).filter(|_| shape != Shape::EphemeralContainers);
+    for (i, volume) in volumes.into_iter().flatten().enumerate() {
+        if let Some(image) = volume.pointer("/image/reference").and_then(Value::as_str) {
+            sites.push(Site {
+                pointer: format!("{base}/volumes/{i}/image/reference"),
+                image: image.to_string(),
+                container: volume.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+            });
+        }
+    }
     sites
+}
+
+/// Whether a site is an image volume rather than a container's image.
+pub fn is_volume(site: &Site) -> bool {
+    site.pointer.ends_with("/image/reference")
 }
 
 /// The sites whose image differs from the old object at the same place (for UPDATE): an update
@@ -155,6 +173,35 @@ mod tests {
         unchanged["spec"]["containers"][0]["image"] =
             request.old_object.as_ref().unwrap()["spec"]["containers"][0]["image"].clone();
         assert!(super::changed(find(Shape::Pod, &unchanged), request.old_object.as_ref()).is_empty());
+    }
+
+    #[test]
+    fn image_volumes_are_sites() {
+        let pod = serde_json::json!({"spec": {
+            "containers": [{"name": "app", "image": "app:v1"}],
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "models", "image": {"reference": "ghcr.io/org/models:v3", "pullPolicy": "IfNotPresent"}},
+                {"name": "odd", "image": {"reference": 7}}
+            ]
+        }});
+        let sites = find(Shape::Pod, &pod);
+        assert_eq!(
+            images(&sites),
+            vec![("/spec/containers/0/image", "app:v1"), ("/spec/volumes/1/image/reference", "ghcr.io/org/models:v3")]
+        );
+        assert_eq!(sites[1].container, "models");
+        assert!(is_volume(&sites[1]) && !is_volume(&sites[0]));
+        let deployment = serde_json::json!({"spec": {"template": {"spec": {"volumes": [{"name": "m", "image": {"reference": "m:1"}}]}}}});
+        assert_eq!(
+            find(shape("Deployment").unwrap(), &deployment)[0].pointer,
+            "/spec/template/spec/volumes/0/image/reference"
+        );
+        // An UPDATE pins a volume only when its reference changed.
+        let mut old = pod.clone();
+        assert!(changed(find(Shape::Pod, &pod), Some(&old)).is_empty());
+        old["spec"]["volumes"][1]["image"]["reference"] = "ghcr.io/org/models:v2".into();
+        assert_eq!(changed(find(Shape::Pod, &pod), Some(&old)).len(), 1);
     }
 
     #[test]

@@ -148,3 +148,34 @@ async fn audit_findings_are_reported_except_on_a_dry_run() {
     answer(&engine, &edges, Mode::Enforce, &review).await;
     assert_eq!(reports.0.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_volumes_are_pinned_and_validated_like_containers() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let app = registry.push("team/app", "v1", &image("app")).digest;
+    let models = registry.push("team/models", "v3", &image("models")).digest;
+    let engine = engine(&format!("registries: [{{ host: \"{host}\", plainHttp: true }}]"));
+    let mut review = fixtures::with_images("pod-create-simple.json", |_| format!("{host}/team/app:v1"));
+    review["request"]["object"]["spec"]["volumes"] = json!([
+        {"name": "data", "emptyDir": {}},
+        {"name": "models", "image": {"reference": format!("{host}/team/models:v3"), "pullPolicy": "IfNotPresent"}}
+    ]);
+    let response = answer(&engine, &Edges::default(), Mode::Enforce, &review).await;
+    assert_eq!(
+        patch(&response),
+        vec![
+            json!({"op": "replace", "path": "/spec/containers/0/image", "value": format!("{host}/team/app:v1@{app}")}),
+            json!({"op": "replace", "path": "/spec/volumes/1/image/reference", "value": format!("{host}/team/models:v3@{models}")}),
+        ]
+    );
+    // The backstop refuses the unpinned volume, and admits it pinned.
+    let refused = answer(&engine, &Edges::default(), Mode::Validate, &review).await;
+    assert_eq!(refused["allowed"], false, "{refused}");
+    assert!(refused["status"]["message"].as_str().unwrap().contains("team/models:v3"), "{refused}");
+    let object = &mut review["request"]["object"]["spec"];
+    object["containers"][0]["image"] = json!(format!("{host}/team/app:v1@{app}"));
+    object["volumes"][1]["image"]["reference"] = json!(format!("{host}/team/models:v3@{models}"));
+    let admitted = answer(&engine, &Edges::default(), Mode::Validate, &review).await;
+    assert_eq!(admitted["allowed"], true, "{admitted}");
+}

@@ -39,9 +39,13 @@ const METADATA: Keep = Keep::Fields(&[&[
     ("ownerReferences", Keep::All),
 ]]);
 
+/// An image volume (`volumes[].image.reference`, Kubernetes ≥ 1.31) and its name.
+const VOLUME: Keep = Keep::Fields(&[&[("name", Keep::All), ("image", Keep::Fields(&[&[("reference", Keep::All)]]))]]);
+
 /// What `sites` and pull-secret lookup read of a pod spec.
 const POD_SPEC_FIELDS: &[(&str, Keep)] = &[
     ("containers", CONTAINERS),
+    ("volumes", Keep::Each(&VOLUME)),
     ("initContainers", CONTAINERS),
     ("ephemeralContainers", CONTAINERS),
     ("imagePullSecrets", Keep::All),
@@ -51,7 +55,7 @@ const POD_SPEC_FIELDS: &[(&str, Keep)] = &[
 
 const TEMPLATE: Keep = Keep::Fields(&[&[("metadata", METADATA), ("spec", Keep::Fields(&[POD_SPEC_FIELDS]))]]);
 
-/// Every shape in `sites::TEMPLATE_SPECS` and `sites::Shape`: a Pod's `/spec`, a workload's
+/// Every shape of `kinds::ALL` and `sites::Shape`: a Pod's `/spec`, a workload's
 /// `/spec/template`, a CronJob's `/spec/jobTemplate/spec/template`, a PodTemplate's `/template`,
 /// and the EphemeralContainers subresource, whose container lists sit at the root.
 const OBJECT: Keep = Keep::Fields(&[
@@ -298,6 +302,7 @@ mod tests {
                 "metadata": {"name": "p", "annotations": {"layerlink.io/skip": "true"}},
                 "spec": {
                     "containers": [{"name": "c", "image": "busybox"}],
+                    "volumes": [{"name": "v"}],
                     "serviceAccountName": "sa",
                     "template": {"metadata": {"annotations": {"k": "v"}}, "spec": {"initContainers": [{"image": "i"}]}},
                     "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"image": "j"}]}}}}

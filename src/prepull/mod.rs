@@ -374,7 +374,7 @@ fn dns_label(text: &str, max: usize) -> String {
 fn app_images(pod: &Value, pins: &[Pin]) -> Vec<App> {
     sites::find(Shape::Pod, pod)
         .into_iter()
-        .filter(|s| !s.pointer.starts_with("/spec/ephemeralContainers/"))
+        .filter(|s| !s.pointer.starts_with("/spec/ephemeralContainers/") && !sites::is_volume(s))
         .filter_map(|site| {
             let reference = Reference::parse(&site.image).ok()?;
             let digest = pins
