@@ -233,7 +233,7 @@ impl Resolver {
         let running = Running { answer: answer.clone(), started: Instant::now(), registry: reference.registry.clone() };
         inflight.insert(key.clone(), running);
         drop(inflight);
-        let leave = LeaveOnDrop { resolver: self.clone(), key, image: reference.to_string() };
+        let leave = LeaveOnDrop { resolver: self.clone(), key, image: reference.to_string(), left: false };
         let (reference, keychain) = (reference.clone(), keychain.clone());
         tokio::spawn(async move {
             let (_slot, leave) = (slot, leave);
@@ -259,10 +259,12 @@ impl Resolver {
             {
                 this.cache.insert(leave.key.clone(), Value::NotFound(error.clone()));
             }
-            let _ = send.send(result);
-            // `leave` drops here, after the cache insert: a concurrent lookup finds one or the
-            // other. On a panic it drops during unwind, so the next review looks the image up
+            // Out of the map after the cache insert (a concurrent lookup finds one or the other)
+            // and before the answer (a waiter that asks again at once does not join this one).
+            // On a panic `leave` does it while unwinding, so the next review looks the image up
             // afresh, and the waiters get an internal error (the channel closes unanswered).
+            leave.now();
+            let _ = send.send(result);
         });
         Flight::Running(answer)
     }
@@ -296,10 +298,21 @@ struct LeaveOnDrop {
     resolver: Arc<Resolver>,
     key: Key,
     image: String,
+    left: bool,
+}
+
+impl LeaveOnDrop {
+    fn now(mut self) {
+        self.resolver.inflight.lock().remove(&self.key);
+        self.left = true;
+    }
 }
 
 impl Drop for LeaveOnDrop {
     fn drop(&mut self) {
+        if self.left {
+            return;
+        }
         if std::thread::panicking() {
             tracing::error!(image = %self.image, "registry lookup panicked; its reviews get an internal error");
         }
