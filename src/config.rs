@@ -33,11 +33,29 @@ pub struct Config {
 pub struct Listen {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// Longest a client may take to send a request's headers (and the TLS handshake).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body once its headers are in.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest a connection may sit between requests (keep-alive) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once on the HTTPS port; more are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { https: ([0, 0, 0, 0], 8443).into(), http: ([0, 0, 0, 0], 8080).into() }
+        Listen {
+            https: ([0, 0, 0, 0], 8443).into(),
+            http: ([0, 0, 0, 0], 8080).into(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
     }
 }
 

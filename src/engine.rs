@@ -1,5 +1,9 @@
 //! The resolution engine shared by every front end: sites → resolve → plan, and the plan as a
 //! JSON Patch. The webhook, `layerlink mutate` and `layerlink audit` all call `Engine::plan`.
+//!
+//! One object (one review) is bounded: at most [`MAX_IMAGES`] image fields are pinned and at most
+//! [`MAX_LOOKUPS`] registry lookups started for it; what is over is reported as a problem that
+//! says so, never dropped silently.
 
 use std::{
     collections::HashMap,
@@ -16,9 +20,15 @@ use crate::{
     prepull::Prepull,
     reference::{self, Reference},
     registry::auth::Keychain,
-    resolve::{Resolved, Resolver},
+    resolve::{Allowance, Resolved, Resolver},
     sites::Site,
 };
+
+/// Image fields of one object that are pinned; the rest get one problem that counts them. A pod
+/// has a few dozen containers at most.
+pub const MAX_IMAGES: usize = 256;
+/// Registry lookups one object may start (cache hits and lookups already running are free).
+pub const MAX_LOOKUPS: usize = 64;
 
 /// When a review must have its answers, and the budget that set it (for messages).
 #[derive(Clone, Copy, Debug)]
@@ -109,10 +119,23 @@ impl Engine {
                 }
             }
         }
+        if wanted.len() > MAX_IMAGES {
+            let over = wanted.split_off(MAX_IMAGES);
+            let reason = Error::OverLimit(format!(
+                "this object has {} images to pin, more than the {MAX_IMAGES} one review pins; this one and {} after it \
+                 are left as written",
+                MAX_IMAGES + over.len(),
+                over.len() - 1
+            ));
+            let site = over.into_iter().next().expect("over the limit").0;
+            plan.problems.push(Problem { site, reason: reason.to_string(), cause: reason.metric_label() });
+        }
+        let allowance = Allowance::new(MAX_LOOKUPS);
         let mut unique: Vec<(&Reference, &Arc<str>)> = wanted.iter().map(|(_, r, n)| (r, n)).collect();
         unique.sort_unstable_by(|a, b| a.1.cmp(b.1));
         unique.dedup_by(|a, b| a.1 == b.1);
-        let lookups = unique.iter().map(|(r, n)| self.resolver.resolve_named(r, Arc::clone(n), keychain, deadline));
+        let lookups =
+            unique.iter().map(|(r, n)| self.resolver.resolve_named(r, Arc::clone(n), keychain, deadline, &allowance));
         let results: HashMap<&str, Result<Resolved, Arc<Error>>> =
             unique.iter().map(|(_, n)| &***n).zip(futures::future::join_all(lookups).await).collect();
         for (site, reference, name) in &wanted {

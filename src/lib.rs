@@ -46,6 +46,17 @@ pub enum Error {
     Timeout { registry: String, after_ms: u128 },
     #[error("{registry}: refused by the network guard: {reason}")]
     Refused { registry: String, reason: String },
+    /// A lookup that was not started: too many already in flight in this process.
+    #[error("not looked up: {limit} registry lookups already in flight; retried on the next review")]
+    Busy { limit: usize },
+    /// A lookup that was not started: the object asks for more than one review may.
+    #[error("not looked up: {0}")]
+    OverLimit(String),
+    /// A bug, not the registry: e.g. a lookup task that panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("cannot listen on {address}: {message}")]
+    Listen { address: std::net::SocketAddr, message: String },
     #[error("tls: {0}")]
     Tls(String),
     #[error("kubernetes: {0}")]
@@ -67,17 +78,27 @@ impl Error {
             Error::Connect { .. } => "connect",
             Error::Timeout { .. } => "timeout",
             Error::Refused { .. } => "refused",
+            Error::Busy { .. } => "busy",
+            Error::OverLimit(_) => "over_limit",
+            Error::Internal(_) => "internal",
+            Error::Listen { .. } => "listen",
             Error::Tls(_) => "tls",
             Error::Kube(_) => "kubernetes",
             Error::Io(_) => "io",
         }
     }
 
-    /// Whether a cached digest may stand in for a fresh answer (the registry, not the image, failed).
+    /// Whether a cached digest may stand in for a fresh answer (the registry, not the image, failed;
+    /// or this process had no room to ask). Not-found and refused credentials are answers: a
+    /// digest cached before them is not served.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::RateLimited { .. } | Error::Registry { .. } | Error::Connect { .. } | Error::Timeout { .. }
+            Error::RateLimited { .. }
+                | Error::Registry { .. }
+                | Error::Connect { .. }
+                | Error::Timeout { .. }
+                | Error::Busy { .. }
         )
     }
 }

@@ -7,9 +7,11 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
 
 use crate::{Error, config};
 
@@ -43,7 +45,7 @@ pub enum Lookup {
     Miss,
 }
 
-/// Sharded maps behind short mutexes. Expiry is checked on read (an entry past its life is a
+/// Sharded maps behind short mutexes (parking_lot's: a panic while one is held poisons nothing). Expiry is checked on read (an entry past its life is a
 /// miss and is dropped), and an insert sweeps its shard of entries past their life when the last
 /// sweep is older than `sweep_every`, so entries never read again (a missing tag asked for once)
 /// do not stay until the shard fills. When a shard is full, expired entries go first, then an
@@ -99,7 +101,7 @@ impl DigestCache {
     }
 
     pub fn lookup(&self, key: &Key) -> Lookup {
-        let mut shard = self.shard(key).lock().unwrap();
+        let mut shard = self.shard(key).lock();
         let Some(entry) = shard.entries.get(key) else { return Lookup::Miss };
         let age = entry.fetched.elapsed();
         if age >= self.life(&entry.value) {
@@ -114,7 +116,7 @@ impl DigestCache {
     }
 
     pub fn insert(&self, key: Key, value: Value) {
-        let mut shard = self.shard(&key).lock().unwrap();
+        let mut shard = self.shard(&key).lock();
         let now = Instant::now();
         let full = shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&key);
         if full || now.duration_since(shard.swept) >= self.sweep_every {
@@ -134,7 +136,7 @@ impl DigestCache {
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.shards.iter().map(|s| s.lock().unwrap().entries.len() as u64).sum()
+        self.shards.iter().map(|s| s.lock().entries.len() as u64).sum()
     }
 }
 
@@ -203,6 +205,22 @@ mod tests {
             c.insert(key(&format!("live{i}"), 0), Value::Digest("sha256:1".into()));
         }
         assert_eq!(c.entry_count(), 1000, "the dead negative entries were swept");
+    }
+
+    #[test]
+    fn a_panic_while_a_shard_is_locked_breaks_no_later_lookup() {
+        let c = Arc::new(cache(10_000, 10_000, 10_000));
+        c.insert(key("a", 0), Value::Digest("sha256:1".into()));
+        let held = c.clone();
+        let panicked = std::thread::spawn(move || {
+            let _shard = held.shard(&key("a", 0)).lock();
+            panic!("a lookup panics while it holds the shard");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(matches!(c.lookup(&key("a", 0)), Lookup::Fresh(d) if &*d == "sha256:1"));
+        c.insert(key("b", 0), Value::Digest("sha256:2".into()));
+        assert_eq!(c.entry_count(), 2);
     }
 
     #[test]

@@ -2,20 +2,38 @@
 //!
 //! Each registry lookup runs as its own task, shared by every review that wants the same key
 //! (single-flight). A review that gives up at its deadline does not cancel the lookup: the late
-//! answer still fills the cache for the next pod (DESIGN decision 7).
+//! answer still fills the cache for the next pod. What keeps those lookups bounded:
+//!
+//! - **in number**: at most [`MAX_LOOKUPS_IN_FLIGHT`] run at once in the process, and a review
+//!   starts at most as many as its [`Allowance`]; a lookup that cannot start fails at once with
+//!   a reason (`Busy`, `OverLimit`) and follows `resolve.onError` like any failure;
+//! - **in time**: a lookup is abandoned after [`Resolver::lookup_limit`] (twice the
+//!   request timeout), however its registry behaves;
+//! - **in failure**: a lookup task that panics answers its waiters with an internal error and
+//!   leaves the in-flight map on unwind (a drop guard), so the next review looks the image up
+//!   afresh; the map and the cache use locks that a panic cannot poison.
+//!
+//! [`Resolver::health`] says when the resolver cannot serve: a lookup task still running past
+//! twice its limit has stopped yielding (a worker thread is blocked), since every lookup that
+//! yields is cancelled at its limit. `/readyz` fails with that reason.
 
 pub mod cache;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 
 use self::cache::{DigestCache, Key, Lookup, Value};
 use crate::{
@@ -26,7 +44,13 @@ use crate::{
     registry::{Registries, auth::Keychain},
 };
 
-type Flight = Shared<BoxFuture<'static, Result<Arc<str>, Arc<Error>>>>;
+/// Registry lookups running at once in the process, whoever waits for them. Enough for every
+/// image of a few dozen new pods at once; a review full of new tags cannot hold the registries
+/// beyond it.
+pub const MAX_LOOKUPS_IN_FLIGHT: usize = 512;
+
+type Answer = Result<Arc<str>, Arc<Error>>;
+type SharedAnswer = Shared<BoxFuture<'static, Answer>>;
 
 /// A digest for a reference, and why it is stale if it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,10 +60,47 @@ pub struct Resolved {
     pub stale: Option<String>,
 }
 
+/// How many registry lookups one caller (a review) may still start. Joining a lookup already
+/// running, and cache hits, take nothing from it.
+pub struct Allowance {
+    left: AtomicUsize,
+    limit: usize,
+}
+
+impl Allowance {
+    pub fn new(limit: usize) -> Self {
+        Allowance { left: AtomicUsize::new(limit), limit }
+    }
+
+    pub fn unlimited() -> Self {
+        Allowance::new(usize::MAX)
+    }
+
+    fn take(&self) -> bool {
+        self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
+/// A running lookup: its shared answer, and when and where it started (for [`Resolver::health`]).
+struct Running {
+    answer: SharedAnswer,
+    started: Instant,
+    registry: String,
+}
+
+/// What starting a lookup gave.
+enum Flight {
+    /// Answered without a lookup: the cache (filled since the caller looked), or a refusal to start.
+    Answered(Answer),
+    Running(SharedAnswer),
+}
+
 pub struct Resolver {
     registries: Arc<Registries>,
     cache: DigestCache,
-    inflight: Mutex<HashMap<Key, Flight>>,
+    inflight: Mutex<HashMap<Key, Running>>,
+    slots: Arc<Semaphore>,
+    lookup_limit: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -49,6 +110,8 @@ impl Resolver {
             registries: Arc::new(Registries::new(config, metrics.clone())?),
             cache: DigestCache::new(&config.cache),
             inflight: Mutex::default(),
+            slots: Arc::new(Semaphore::new(MAX_LOOKUPS_IN_FLIGHT)),
+            lookup_limit: config.resolve.request_timeout.saturating_mul(2),
             metrics,
         }))
     }
@@ -61,6 +124,12 @@ impl Resolver {
         &self.cache
     }
 
+    /// How long one lookup may run before it is abandoned: twice the request timeout, room for
+    /// a token fetch and the manifest request after it.
+    pub fn lookup_limit(&self) -> Duration {
+        self.lookup_limit
+    }
+
     /// The digest of `reference`'s tag, answered by `deadline` (from cache, registry, or stale).
     pub async fn resolve(
         self: &Arc<Self>,
@@ -68,16 +137,18 @@ impl Resolver {
         keychain: &Arc<Keychain>,
         deadline: Deadline,
     ) -> Result<Resolved, Arc<Error>> {
-        self.resolve_named(reference, reference.to_string().into(), keychain, deadline).await
+        self.resolve_named(reference, reference.to_string().into(), keychain, deadline, &Allowance::unlimited()).await
     }
 
-    /// `resolve` with the reference's fully qualified name already computed (the cache key).
+    /// `resolve` with the reference's fully qualified name already computed (the cache key),
+    /// starting a registry lookup only if `allowance` has one left.
     pub async fn resolve_named(
         self: &Arc<Self>,
         reference: &Reference,
         name: Arc<str>,
         keychain: &Arc<Keychain>,
         deadline: Deadline,
+        allowance: &Allowance,
     ) -> Result<Resolved, Arc<Error>> {
         let key = Key { name, credential: self.registries.credential_id(reference, keychain) };
         let stale = match self.cache.lookup(&key) {
@@ -98,13 +169,15 @@ impl Resolver {
                 None
             }
         };
-        let flight = self.flight(key, reference, keychain);
-        let outcome = match tokio::time::timeout_at(deadline.at.into(), flight).await {
-            Ok(result) => result,
-            Err(_) => Err(Arc::new(Error::Timeout {
-                registry: reference.registry.clone(),
-                after_ms: deadline.budget.as_millis(),
-            })),
+        let outcome = match self.flight(key, reference, keychain, allowance) {
+            Flight::Answered(answer) => answer,
+            Flight::Running(flight) => match tokio::time::timeout_at(deadline.at.into(), flight).await {
+                Ok(result) => result,
+                Err(_) => Err(Arc::new(Error::Timeout {
+                    registry: reference.registry.clone(),
+                    after_ms: deadline.budget.as_millis(),
+                })),
+            },
         };
         match (outcome, stale) {
             (Ok(digest), _) => Ok(Resolved { digest, stale: None }),
@@ -116,20 +189,67 @@ impl Resolver {
         }
     }
 
-    /// The shared lookup for `key`, started if none is running.
-    fn flight(self: &Arc<Self>, key: Key, reference: &Reference, keychain: &Arc<Keychain>) -> Flight {
-        let mut inflight = self.inflight.lock().unwrap();
-        if let Some(flight) = inflight.get(&key) {
-            return flight.clone();
+    /// The shared lookup for `key`: joined if one is running, else started (if the allowance and
+    /// the process-wide bound let it), unless the cache answers now.
+    fn flight(
+        self: &Arc<Self>,
+        key: Key,
+        reference: &Reference,
+        keychain: &Arc<Keychain>,
+        allowance: &Allowance,
+    ) -> Flight {
+        let mut inflight = self.inflight.lock();
+        if let Some(running) = inflight.get(&key) {
+            return Flight::Running(running.answer.clone());
         }
-        let this = self.clone();
-        let (reference, keychain, task_key) = (reference.clone(), keychain.clone(), key.clone());
-        let task = tokio::spawn(async move {
-            let result = this.registries.digest(&reference, &keychain).await;
+        // A lookup that finished since the caller looked has filled the cache before leaving
+        // `inflight`: under this lock, the cache is the last word.
+        match self.cache.lookup(&key) {
+            Lookup::Fresh(digest) => return Flight::Answered(Ok(digest)),
+            Lookup::Negative(error) => return Flight::Answered(Err(error)),
+            Lookup::Stale(..) | Lookup::Miss => {}
+        }
+        if !allowance.take() {
+            let message = format!(
+                "more than {} images of this object need a registry lookup; one review starts at most {0}",
+                allowance.limit
+            );
+            return Flight::Answered(Err(Arc::new(Error::OverLimit(message))));
+        }
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Flight::Answered(Err(Arc::new(Error::Busy { limit: MAX_LOOKUPS_IN_FLIGHT })));
+        };
+        // The answer comes over a channel, so the entry is in the map before the task exists
+        // and the task can leave it (on drop) without this lock held.
+        let (send, receive) = tokio::sync::oneshot::channel::<Answer>();
+        let image = reference.to_string();
+        let answer = async move {
+            receive.await.unwrap_or_else(|_| {
+                Err(Arc::new(Error::Internal(format!("the lookup of {image} ended without an answer; see the log"))))
+            })
+        }
+        .boxed()
+        .shared();
+        let running = Running { answer: answer.clone(), started: Instant::now(), registry: reference.registry.clone() };
+        inflight.insert(key.clone(), running);
+        drop(inflight);
+        let leave = LeaveOnDrop { resolver: self.clone(), key, image: reference.to_string(), left: false };
+        let (reference, keychain) = (reference.clone(), keychain.clone());
+        tokio::spawn(async move {
+            let (_slot, leave) = (slot, leave);
+            let this = &leave.resolver;
+            let lookup = this.registries.digest(&reference, &keychain);
+            let result = match tokio::time::timeout(this.lookup_limit, lookup).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    registry: reference.registry.clone(),
+                    after_ms: this.lookup_limit.as_millis(),
+                }),
+            };
             match &result {
                 Ok(answer) => {
                     tracing::info!(image = %reference, digest = %answer.digest, answered_by = %answer.answered_by, "resolved");
-                    this.cache.insert(task_key.clone(), Value::Digest(answer.digest.as_str().into()));
+                    this.cache.insert(leave.key.clone(), Value::Digest(answer.digest.as_str().into()));
                 }
                 Err(error) => tracing::warn!(image = %reference, %error, "lookup failed"),
             }
@@ -137,24 +257,114 @@ impl Resolver {
             if let Err(error) = &result
                 && matches!(**error, Error::NotFound { .. })
             {
-                this.cache.insert(task_key.clone(), Value::NotFound(error.clone()));
+                this.cache.insert(leave.key.clone(), Value::NotFound(error.clone()));
             }
-            // Removed after the cache insert, so a concurrent lookup finds one or the other.
-            this.inflight.lock().unwrap().remove(&task_key);
-            result
+            // Out of the map after the cache insert (a concurrent lookup finds one or the other)
+            // and before the answer (a waiter that asks again at once does not join this one).
+            // On a panic `leave` does it while unwinding, so the next review looks the image up
+            // afresh, and the waiters get an internal error (the channel closes unanswered).
+            leave.now();
+            let _ = send.send(result);
         });
-        let flight = async move {
-            task.await.unwrap_or_else(|e| {
-                Err(Arc::new(Error::Registry { registry: String::new(), message: format!("lookup task failed: {e}") }))
-            })
+        Flight::Running(answer)
+    }
+
+    /// `Err` with a one-line reason when the resolver cannot serve: a lookup still running past
+    /// twice its limit. Every lookup that yields is cancelled at its limit, so one still there
+    /// holds a worker thread (a blocking call or a busy loop) and will not answer anyone.
+    pub fn health(&self) -> Result<(), String> {
+        let wedged_after = self.lookup_limit.saturating_mul(2);
+        let inflight = self.inflight.lock();
+        let wedged: Vec<&Running> = inflight.values().filter(|r| r.started.elapsed() > wedged_after).collect();
+        let Some(oldest) = wedged.iter().max_by_key(|r| r.started.elapsed()) else { return Ok(()) };
+        Err(format!(
+            "resolver: {} registry lookup(s) stuck past {} (oldest {} at {}, limit {})",
+            wedged.len(),
+            human(wedged_after),
+            human(oldest.started.elapsed()),
+            oldest.registry,
+            human(self.lookup_limit)
+        ))
+    }
+
+    /// Lookups running now.
+    pub fn lookups_in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+}
+
+/// Removes a lookup from the in-flight map when its task ends, however it ends.
+struct LeaveOnDrop {
+    resolver: Arc<Resolver>,
+    key: Key,
+    image: String,
+    left: bool,
+}
+
+impl LeaveOnDrop {
+    fn now(mut self) {
+        self.resolver.inflight.lock().remove(&self.key);
+        self.left = true;
+    }
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        if self.left {
+            return;
         }
-        .boxed()
-        .shared();
-        inflight.insert(key, flight.clone());
-        flight
+        if std::thread::panicking() {
+            tracing::error!(image = %self.image, "registry lookup panicked; its reviews get an internal error");
+        }
+        self.resolver.inflight.lock().remove(&self.key);
     }
 }
 
 fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver() -> Arc<Resolver> {
+        crate::install_crypto_provider();
+        Resolver::new(&Config::default(), Arc::default()).unwrap()
+    }
+
+    /// The race: a review finds the cache empty, another review's lookup then finishes (fills the
+    /// cache, leaves the in-flight map), and only then does the first review ask for a flight.
+    /// It must take the cached answer, not start a second registry lookup.
+    #[tokio::test]
+    async fn a_lookup_that_finished_after_the_cache_check_is_not_repeated() {
+        let resolver = resolver();
+        // Loopback is not a configured registry: a lookup started here would be refused.
+        let reference = Reference::parse("127.0.0.1:9/team/app:v1").unwrap();
+        let key = Key { name: reference.to_string().into(), credential: 0 };
+        assert!(matches!(resolver.cache.lookup(&key), Lookup::Miss));
+        resolver.cache.insert(key.clone(), Value::Digest("sha256:finished".into()));
+        match resolver.flight(key, &reference, &Arc::default(), &Allowance::unlimited()) {
+            Flight::Answered(Ok(digest)) => assert_eq!(&*digest, "sha256:finished"),
+            Flight::Answered(Err(e)) => panic!("answered with an error: {e}"),
+            Flight::Running(_) => panic!("a second registry lookup was started"),
+        }
+        assert_eq!(resolver.lookups_in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_allowance_spent_starts_no_lookup_and_says_why() {
+        let resolver = resolver();
+        let allowance = Allowance::new(1);
+        let deadline = Deadline::after(Duration::from_secs(5));
+        let first = Reference::parse("127.0.0.1:9/team/a:v1").unwrap();
+        let second = Reference::parse("127.0.0.1:9/team/b:v1").unwrap();
+        let keychain = Arc::default();
+        let err = resolver.resolve_named(&first, first.to_string().into(), &keychain, deadline, &allowance).await;
+        assert!(matches!(*err.unwrap_err(), Error::Refused { .. }), "the first lookup was made");
+        let err = resolver.resolve_named(&second, second.to_string().into(), &keychain, deadline, &allowance).await;
+        let err = err.unwrap_err();
+        assert!(matches!(*err, Error::OverLimit(_)), "{err}");
+        assert!(err.to_string().contains("more than 1 images"), "{err}");
+    }
 }

@@ -1,6 +1,10 @@
 //! `layerlink serve`: HTTPS admission endpoints on one port, health and metrics on another,
 //! graceful shutdown that drains in-flight reviews.
+//!
+//! Both ports are bound before anything is served: a port that cannot be bound ends `serve` with
+//! an error naming the address, so a process is never up without its admission listener.
 
+pub mod listener;
 pub mod routes;
 pub mod tls;
 
@@ -22,6 +26,8 @@ impl Server {
     pub async fn run(self) -> Result<(), Error> {
         let config = self.engine.config.clone();
         let tls = tls::load(&config.tls.cert_file, &config.tls.key_file).await?;
+        let https_listener = listener::bind(config.listen.https).await?;
+        let http_listener = listener::bind(config.listen.http).await?;
         tokio::spawn(tls::watch(
             tls.clone(),
             config.tls.cert_file.clone(),
@@ -30,18 +36,23 @@ impl Server {
             self.engine.metrics.clone(),
         ));
         let state = routes::State { engine: self.engine.clone(), edges: self.edges.clone(), ready: Default::default() };
-        let handle = axum_server::Handle::new();
-        let https = axum_server::bind_rustls(config.listen.https, tls)
-            .handle(handle.clone())
-            .serve(routes::admission(state.clone()).into_make_service());
-        let http_listener = tokio::net::TcpListener::bind(config.listen.http).await?;
-        let shutdown = Arc::new(tokio::sync::Notify::new());
-        let http_shutdown = shutdown.clone();
-        let http = axum::serve(http_listener, routes::health(state.clone()))
-            .with_graceful_shutdown(async move { http_shutdown.notified().await });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let https = listener::serve(
+            https_listener,
+            Some(tls),
+            routes::admission(state.clone()),
+            listener::Limits::admission(&config.listen, routes::MAX_BODY),
+            stopped.clone(),
+        );
+        let http = listener::serve(
+            http_listener,
+            None,
+            routes::health(state.clone()),
+            listener::Limits::health(&config.listen),
+            stopped,
+        );
         tracing::info!(https = %config.listen.https, http = %config.listen.http, "serving");
         state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-        let signal_handle = handle.clone();
         let signal_state = state.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -51,12 +62,9 @@ impl Server {
             tracing::info!("shutting down: not ready, draining in {}s", DRAIN_DELAY.as_secs());
             signal_state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(DRAIN_DELAY).await;
-            signal_handle.graceful_shutdown(Some(Duration::from_secs(20)));
-            shutdown.notify_waiters();
+            let _ = stop.send(true);
         });
-        let (https, http) = tokio::join!(https, http);
-        https?;
-        http?;
+        tokio::join!(https, http);
         Ok(())
     }
 }

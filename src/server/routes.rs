@@ -37,17 +37,24 @@ pub fn admission(state: State) -> Router {
         .with_state(state)
 }
 
-/// The plain HTTP router: `/healthz`, `/readyz`, `/metrics`.
+/// The plain HTTP router: `/healthz`, `/readyz`, `/metrics`. `/readyz` fails (503, one line saying
+/// why) while the server is not serving, and when the resolver cannot serve (see
+/// `Resolver::health`).
 pub fn health(state: State) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(|Extract(s): Extract<State>| async move {
-                if s.ready.load(std::sync::atomic::Ordering::SeqCst) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                if !s.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: not serving (starting or shutting down)".into(),
+                    );
+                }
+                match s.engine.resolver.health() {
+                    Ok(()) => (StatusCode::OK, "ok".to_string()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
                 }
             }),
         )

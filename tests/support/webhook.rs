@@ -50,6 +50,16 @@ impl Webhook {
     /// the server reads pull secrets from a cluster) and, when `certs` is given, the `ca.crt`,
     /// `tls.crt` and `tls.key` from that directory instead of freshly generated ones.
     pub fn start_with(extra: &str, env: &[(&str, &str)], certs: Option<&Path>) -> Webhook {
+        Webhook::start_full("", extra, env, certs)
+    }
+
+    /// Like [`Webhook::start`], with `listen` settings (`headerTimeout: 1s, maxConnections: 4`)
+    /// added to the `listen:` section beside the addresses.
+    pub fn start_listening(listen: &str, extra: &str) -> Webhook {
+        Webhook::start_full(listen, extra, &[], None)
+    }
+
+    fn start_full(listen: &str, extra: &str, env: &[(&str, &str)], certs: Option<&Path>) -> Webhook {
         let dir = tempfile::tempdir().unwrap();
         match certs {
             Some(from) => {
@@ -62,8 +72,9 @@ impl Webhook {
         }
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = if listen.is_empty() { String::new() } else { format!(", {listen}") };
         let config = format!(
-            "listen: {{ https: \"{https}\", http: \"{http}\" }}\ntls: {{ certFile: {0}/tls.crt, keyFile: {0}/tls.key, reloadInterval: 200ms }}\n{extra}\n",
+            "listen: {{ https: \"{https}\", http: \"{http}\"{listen} }}\ntls: {{ certFile: {0}/tls.crt, keyFile: {0}/tls.key, reloadInterval: 200ms }}\n{extra}\n",
             dir.path().display()
         );
         let config_path = dir.path().join("config.yaml");
