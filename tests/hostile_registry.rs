@@ -467,3 +467,72 @@ async fn oversized_header_values_are_bounded() {
     let fetched = e.resolver.registries().manifest(&reference, "v1", &Keychain::default()).await.unwrap();
     assert!(fetched.media_type.len() <= MAX_MEDIA_TYPE_LEN, "{} bytes of media type", fetched.media_type.len());
 }
+
+/// Writes the seeds of the `registry` fuzz target (fuzz/seeds/registry/) from what a real
+/// `docker-registry` and token server answer. Run by hand after a change to what is captured:
+/// `cargo test --test hostile_registry -- --ignored fuzz_seeds_from_a_real_registry`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "writes fuzz/seeds/registry; run by hand"]
+async fn fuzz_seeds_from_a_real_registry() {
+    use support::{Auth, Index, RegistryOptions, TokenOptions, TokenServer};
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/registry");
+    std::fs::create_dir_all(&out).unwrap();
+    let seed = |name: &str, selector: u8, value: &[u8]| {
+        let mut bytes = vec![selector];
+        bytes.extend_from_slice(value);
+        std::fs::write(out.join(name), bytes).unwrap();
+    };
+    layerlink::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let get = |url: String, accept: &'static str| client.get(url).header("Accept", accept).send();
+    let accept_all = layerlink::registry::MANIFEST_ACCEPT;
+
+    // Anonymous registry: manifests, an index, error bodies, digest and content-type headers.
+    let registry = Registry::start();
+    let docker = image("seed-docker").docker();
+    let mut arm64 = image("seed-arm64");
+    arm64.platform = ("linux".into(), "arm64".into());
+    registry.push("seed/oci", "v1", &image("seed-oci"));
+    registry.push("seed/docker", "v1", &docker);
+    registry.push_index("seed/index", "v1", &Index::new(vec![image("seed-amd64"), arm64]));
+    for (repo, name) in [("seed/oci", "oci-manifest"), ("seed/docker", "docker-manifest"), ("seed/index", "oci-index")]
+    {
+        let response = get(format!("{}/v2/{repo}/manifests/v1", registry.url()), accept_all).await.unwrap();
+        let digest = response.headers()["docker-content-digest"].as_bytes().to_vec();
+        let media_type = response.headers()["content-type"].as_bytes().to_vec();
+        seed(&format!("{name}-digest"), 5, &digest);
+        seed(&format!("{name}-content-type"), 6, &media_type);
+        seed(name, 2, &response.bytes().await.unwrap());
+    }
+    for (path, name) in [
+        ("/v2/seed/oci/manifests/nope", "error-manifest-unknown"),
+        ("/v2/seed/nope/tags/list?n=1", "error-name-unknown"),
+        ("/v2/Seed/manifests/v1", "error-name-invalid"),
+    ] {
+        let response = get(format!("{}{path}", registry.url()), accept_all).await.unwrap();
+        seed(name, 3, &response.bytes().await.unwrap());
+    }
+
+    // Basic auth: the challenge and the UNAUTHORIZED body.
+    let basic = Registry::start_with(RegistryOptions {
+        auth: Auth::Htpasswd { user: "u".into(), password: "p".into() },
+        tls: false,
+    });
+    let response = get(format!("{}/v2/x/manifests/v1", basic.url()), accept_all).await.unwrap();
+    seed("challenge-basic", 0, response.headers()["www-authenticate"].as_bytes());
+    seed("error-unauthorized", 3, &response.bytes().await.unwrap());
+
+    // Bearer auth: the challenge and a token response.
+    let tokens = TokenServer::start_with(TokenOptions { anonymous_pull: true, ..Default::default() });
+    let bearer = Registry::start_with(RegistryOptions { auth: Auth::Token(tokens), tls: false });
+    let response = get(format!("{}/v2/seed/oci/manifests/v1", bearer.url()), accept_all).await.unwrap();
+    seed("challenge-bearer", 0, response.headers()["www-authenticate"].as_bytes());
+    let realm = bearer.token_server().unwrap().realm();
+    let token =
+        get(format!("{realm}?service=layerlink-test-registry&scope=repository:seed/oci:pull"), "*/*").await.unwrap();
+    seed("token-response", 1, &token.bytes().await.unwrap());
+
+    // Retry-After in both forms a registry may send.
+    seed("retry-after-seconds", 4, b"30");
+    seed("retry-after-date", 4, httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+}
