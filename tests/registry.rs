@@ -43,6 +43,11 @@ fn credentials_file(dir: &std::path::Path, host: &str, user: &str, password: &st
     path
 }
 
+/// The registry and its token server (both on loopback, so both must be listed).
+fn listing_the_token_server(host: &str, tokens: &TokenServer) -> String {
+    format!("registries: [{{ host: '{host}', plainHttp: true }}, {{ host: '{}', plainHttp: true }}]", tokens.addr())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn basic_auth_with_a_credentials_file() {
     let registry = Registry::start_with(RegistryOptions {
@@ -81,7 +86,7 @@ async fn bearer_tokens_fetched_once_per_scope_and_credential() {
     let host = registry.host();
     let tokens = registry.token_server().unwrap();
     tokens.reset_counts();
-    let e = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    let e = engine(&listing_the_token_server(&host, tokens));
     let creds = keychain(&host, &user, &password);
 
     // Many concurrent lookups of tags of one repository: one token for the scope.
@@ -112,7 +117,7 @@ async fn anonymous_bearer_tokens() {
     let host = registry.host();
     let tokens = registry.token_server().unwrap();
     tokens.reset_counts();
-    let e = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    let e = engine(&listing_the_token_server(&host, tokens));
     assert_eq!(resolve(&e, &format!("{host}/library/app:v1"), &Arc::default()).await.unwrap(), digest);
     let log = tokens.request_log();
     assert_eq!(log.len(), 1, "{log:?}");

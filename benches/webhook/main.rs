@@ -328,17 +328,20 @@ impl Bench {
         column.open.push(open);
     }
 
-    fn layerlink(&self, dir: &Path, name: &str, registry_host: &str, log_level: &str) -> Server {
+    /// `hosts`: the registry and its token server, listed (both are on loopback).
+    fn layerlink(&self, dir: &Path, name: &str, hosts: &[String], log_level: &str) -> Server {
         let (https, http) = (free_addr(), free_addr());
+        let registries: Vec<String> = hosts.iter().map(|h| format!("{{ host: \"{h}\", plainHttp: true }}")).collect();
         let config = format!(
             "# examples/config.yaml with bench addresses and the bench registry\n\
              listen: {{ https: \"{https}\", http: \"{http}\" }}\n\
              tls: {{ certFile: {d}/tls.crt, keyFile: {d}/tls.key }}\n\
              resolve: {{ budget: 2s, keepTag: true, onError: allow }}\n\
              cache: {{ ttl: 10m, negativeTtl: 30s, staleIfError: 24h, maxEntries: 100000 }}\n\
-             registries: [{{ host: \"{registry_host}\", plainHttp: true }}]\n\
+             registries: [{registries}]\n\
              exclude: {{ images: [\"registry.k8s.io/pause*\"], namespaces: [\"kube-system\"] }}\n",
-            d = dir.display()
+            d = dir.display(),
+            registries = registries.join(", ")
         );
         let config_path = dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config).unwrap();
@@ -462,6 +465,7 @@ fn run(settings: Settings) {
     let registry = Registry::start_with(RegistryOptions { auth: Auth::Token(token), tls: false });
     let proxy = Proxy::start(registry.addr());
     let host = proxy.host();
+    let listed = [host.clone(), registry.token_server().expect("token auth").addr().to_string()];
     let warm_images =
         [("library/busybox", "1.36"), ("library/redis", "7.2"), ("org/app", "v1.2.3"), ("team/app", "1.0")];
     let digests: Vec<String> =
@@ -508,7 +512,7 @@ fn run(settings: Settings) {
         levels.push((LAYERLINK_WARN_COL, "warn"));
     }
     for (label, level) in levels {
-        let server = bench.layerlink(dir.path(), &label.replace([' ', '='], "-"), &host, level);
+        let server = bench.layerlink(dir.path(), &label.replace([' ', '='], "-"), &listed, level);
         // One review fills the cache.
         let (answer, _) = bench.once(&rt, server.https, &warm_bodies[0]);
         let response = &answer["response"];
@@ -588,7 +592,7 @@ fn run(settings: Settings) {
 
     // Cold path: a fresh layerlink, one uncached tag, N reviews at once.
     note(format!("cold path: fresh layerlink, {} concurrent reviews of one uncached tag", s.cold));
-    let mut server = bench.layerlink(dir.path(), "layerlink-cold", &host, "info");
+    let mut server = bench.layerlink(dir.path(), "layerlink-cold", &listed, "info");
     proxy.reset_counts();
     let token_server = registry.token_server().expect("token auth");
     token_server.reset_counts();

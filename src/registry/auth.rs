@@ -1,5 +1,6 @@
 //! Registry authentication: docker config credentials matched the way the kubelet matches them,
-//! `WWW-Authenticate` challenges, and bearer tokens cached per (realm, scope, credential).
+//! `WWW-Authenticate` challenges (bounded), and bearer tokens (bounded, lifetimes clamped) that
+//! the client caches per (realm, service, scope, credential).
 //!
 //! Credential helpers (`credsStore`, `credHelpers`) are never executed: a tenant's secret must not
 //! make the webhook run a program.
@@ -13,6 +14,8 @@ use std::{
 
 use base64::Engine as _;
 use serde::Deserialize;
+
+use super::wire;
 
 /// Username and password (or identity token) for one registry.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -248,6 +251,9 @@ pub enum Challenge {
 
 impl Challenge {
     pub fn parse(header: &str) -> Option<Self> {
+        if header.len() > wire::MAX_CHALLENGE_LEN {
+            return None;
+        }
         let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => Some(Challenge::Basic),
@@ -289,23 +295,39 @@ pub struct Token {
     pub refresh_at: Instant,
 }
 
+/// A token server's answer (distribution's token spec, and OAuth2's `access_token`).
 #[derive(Deserialize)]
 pub struct TokenResponse {
     #[serde(default)]
     pub token: Option<String>,
     #[serde(default)]
     pub access_token: Option<String>,
+    /// Seconds; any JSON is accepted and clamped (see [`wire::token_lifetime`]).
     #[serde(default)]
-    pub expires_in: Option<u64>,
+    pub expires_in: Option<serde_json::Value>,
 }
 
 impl TokenResponse {
-    pub fn into_token(self, now: Instant) -> Option<Token> {
-        let value = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
-        // The spec's default lifetime is 60s; refresh at 80% of it, at least 1s ahead.
-        let lifetime = Duration::from_secs(self.expires_in.unwrap_or(60).max(1));
+    /// Parses a token server's body (already bounded by the caller) into a token.
+    pub fn parse(body: &[u8], now: Instant) -> Result<Token, &'static str> {
+        let response: TokenResponse = serde_json::from_slice(body).map_err(|_| "not a JSON token response")?;
+        response.into_token(now)
+    }
+
+    pub fn into_token(self, now: Instant) -> Result<Token, &'static str> {
+        let non_empty = |t: &String| !t.is_empty();
+        let value = self.token.filter(non_empty).or(self.access_token.filter(non_empty)).ok_or("no token")?;
+        if value.len() > wire::MAX_TOKEN_LEN {
+            return Err("the token is longer than 16 KiB");
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token has characters a header cannot carry");
+        }
+        // Refresh at 80% of the lifetime, at least 1s ahead.
+        let lifetime = wire::token_lifetime(self.expires_in.as_ref());
         let ahead = (lifetime / 5).max(Duration::from_secs(1)).min(lifetime);
-        Some(Token { value: value.into(), refresh_at: now + lifetime - ahead })
+        let refresh_at = now.checked_add(lifetime.saturating_sub(ahead)).unwrap_or(now);
+        Ok(Token { value: value.into(), refresh_at })
     }
 }
 
@@ -419,13 +441,33 @@ mod tests {
     #[test]
     fn tokens_refresh_ahead_of_expiry() {
         let now = Instant::now();
-        let t = TokenResponse { token: Some("t".into()), access_token: None, expires_in: Some(300) }
-            .into_token(now)
-            .unwrap();
+        let t = TokenResponse::parse(br#"{"token":"t","expires_in":300}"#, now).unwrap();
         assert_eq!(t.refresh_at - now, Duration::from_secs(240));
-        let t =
-            TokenResponse { token: None, access_token: Some("a".into()), expires_in: None }.into_token(now).unwrap();
+        let t = TokenResponse::parse(br#"{"token":"","access_token":"a"}"#, now).unwrap();
         assert_eq!(&*t.value, "a");
-        assert!(TokenResponse { token: None, access_token: None, expires_in: None }.into_token(now).is_none());
+        assert_eq!(t.refresh_at - now, Duration::from_secs(48));
+        assert!(TokenResponse::parse(br#"{"expires_in":5}"#, now).is_err());
+        assert!(TokenResponse::parse(b"[]", now).is_err());
+    }
+
+    #[test]
+    fn hostile_token_responses_are_bounded() {
+        let now = Instant::now();
+        let t = TokenResponse::parse(br#"{"token":"t","expires_in":18446744073709551615}"#, now).unwrap();
+        assert_eq!(t.refresh_at - now, wire::MAX_TOKEN_LIFETIME * 4 / 5);
+        for expires_in in ["0", "-1", "1e308", "\"x\"", "1.5"] {
+            let body = format!(r#"{{"token":"t","expires_in":{expires_in}}}"#);
+            let t = TokenResponse::parse(body.as_bytes(), now).unwrap();
+            assert!(t.refresh_at >= now && t.refresh_at - now <= wire::MAX_TOKEN_LIFETIME, "{expires_in}");
+        }
+        let long = format!(r#"{{"token":"{}"}}"#, "a".repeat(wire::MAX_TOKEN_LEN + 1));
+        assert!(TokenResponse::parse(long.as_bytes(), now).is_err());
+        assert!(TokenResponse::parse(br#"{"token":"a\r\nX-Injected: 1"}"#, now).is_err());
+    }
+
+    #[test]
+    fn long_challenges_are_refused() {
+        let realm = format!("https://auth.io/{}", "a".repeat(wire::MAX_CHALLENGE_LEN));
+        assert_eq!(Challenge::parse(&format!("Bearer realm=\"{realm}\"")), None);
     }
 }
