@@ -118,7 +118,7 @@ impl Registries {
             let credential = self.credential_for(&host, reference, keychain);
             match self.head_digest(&host, reference, credential.as_ref()).await {
                 Ok(digest) => {
-                    self.metrics.registry_answered_by.get_or_create(&RegistryLabels { registry: host.clone() }).inc();
+                    self.metrics.count_answer(&host);
                     return Ok(Answer { digest, answered_by: host });
                 }
                 Err(e) => {
@@ -289,7 +289,7 @@ impl Registries {
     }
 
     fn record(&self, host: &str, method: &'static str, code: String, elapsed: Duration) {
-        let registry = host.to_string();
+        let (registry, code) = self.metrics.request_labels(host, &code);
         self.metrics
             .registry_requests
             .get_or_create(&RegistryRequestLabels { registry: registry.clone(), method, code })
