@@ -276,31 +276,106 @@ impl Config {
         Ok(config)
     }
 
+    /// Refuses, naming the key, every value that would break or make no sense at runtime. The
+    /// ranges are the documented ones; each has a reason beside it in [`limits`].
     fn validate(&self) -> Result<(), Error> {
-        let bad = |msg: String| Err(Error::Config(msg));
-        if self.resolve.budget.is_zero() {
-            return bad("resolve.budget must be greater than 0".into());
+        use limits::*;
+        let Config { listen, tls, resolve, cache, registries, network, exclude, workloads: _, prepull, .. } = self;
+
+        for (key, address) in [("listen.https", listen.https), ("listen.http", listen.http)] {
+            if address.port() == 0 {
+                return refuse(key, format!("needs a fixed port, got {address}"));
+            }
         }
-        if self.cache.max_entries == 0 {
-            return bad("cache.maxEntries must be greater than 0".into());
+        if listen.https.port() == listen.http.port()
+            && (listen.https.ip() == listen.http.ip()
+                || listen.https.ip().is_unspecified()
+                || listen.http.ip().is_unspecified())
+        {
+            return refuse("listen.http", format!("overlaps listen.https ({} and {})", listen.http, listen.https));
         }
-        if self.resolve.max_concurrency_per_registry == 0 {
-            return bad("resolve.maxConcurrencyPerRegistry must be greater than 0".into());
+
+        for (key, path) in [("tls.certFile", &tls.cert_file), ("tls.keyFile", &tls.key_file)] {
+            if path.as_os_str().is_empty() {
+                return refuse(key, "must not be empty".into());
+            }
         }
-        for (i, registry) in self.registries.iter().enumerate() {
-            if registry.host.is_empty() || registry.host.contains('/') {
-                return bad(format!("registries[{i}].host must be host[:port], got {:?}", registry.host));
+        within("tls.reloadInterval", tls.reload_interval, RELOAD_INTERVAL)?;
+
+        within("resolve.budget", resolve.budget, BUDGET)?;
+        within("resolve.margin", resolve.margin, MARGIN)?;
+        within("resolve.connectTimeout", resolve.connect_timeout, CONNECT_TIMEOUT)?;
+        within("resolve.requestTimeout", resolve.request_timeout, REQUEST_TIMEOUT)?;
+        count_within(
+            "resolve.maxConcurrencyPerRegistry",
+            resolve.max_concurrency_per_registry as u64,
+            MAX_CONCURRENCY_PER_REGISTRY,
+        )?;
+
+        within("cache.ttl", cache.ttl, CACHE_TTL)?;
+        within("cache.negativeTtl", cache.negative_ttl, NEGATIVE_TTL)?;
+        within("cache.staleIfError", cache.stale_if_error, STALE_IF_ERROR)?;
+        count_within("cache.maxEntries", cache.max_entries, MAX_ENTRIES)?;
+
+        let mut hosts = std::collections::HashSet::new();
+        for (i, registry) in registries.iter().enumerate() {
+            let key = format!("registries[{i}].host");
+            registry_host(&registry.host).or_else(|why| refuse(&key, why))?;
+            if !hosts.insert(registry.host.as_str()) {
+                return refuse(&key, format!("{:?} is configured twice", registry.host));
+            }
+            if registry.mirrors.len() > MAX_MIRRORS {
+                let why = format!("at most {MAX_MIRRORS} (each is tried in turn within one budget)");
+                return refuse(&format!("registries[{i}].mirrors"), why);
+            }
+            for (j, mirror) in registry.mirrors.iter().enumerate() {
+                let key = format!("registries[{i}].mirrors[{j}]");
+                mirror_host(mirror).or_else(|why| refuse(&key, why))?;
+                if mirror == &registry.host || registry.mirrors[..j].contains(mirror) {
+                    return refuse(&key, format!("{mirror:?} is listed twice"));
+                }
+            }
+            for (field, path) in [("caFile", &registry.ca_file), ("credentialsFile", &registry.credentials_file)] {
+                if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    return refuse(&format!("registries[{i}].{field}"), "must not be empty".into());
+                }
+            }
+        }
+
+        for (i, cidr) in network.deny_cidrs.iter().enumerate() {
+            if cidr.trunc() != *cidr {
+                let why = format!("{cidr} has host bits set; write {}", cidr.trunc());
+                return refuse(&format!("network.denyCidrs[{i}]"), why);
             }
         }
         for (key, globs) in
-            [("exclude.images", &self.exclude.images), ("network.allowRegistries", &self.network.allow_registries)]
+            [("exclude.images", &exclude.images), ("network.allowRegistries", &network.allow_registries)]
         {
-            glob_set(globs).map_err(|e| Error::Config(format!("{key}: {e}")))?;
+            globs_of(key, globs)?;
         }
-        for (i, base) in self.prepull.bases.iter().enumerate() {
+        for (i, namespace) in exclude.namespaces.iter().enumerate() {
+            if !is_dns_label(namespace) {
+                let why =
+                    format!("{namespace:?} is not a namespace name (lowercase DNS label; globs are not supported)");
+                return refuse(&format!("exclude.namespaces[{i}]"), why);
+            }
+        }
+
+        for (i, base) in prepull.bases.iter().enumerate() {
             crate::reference::Reference::parse(&base.image)
                 .map_err(|e| Error::Config(format!("prepull.bases[{i}].image: {e}")))?;
-            glob_set(&base.matches).map_err(|e| Error::Config(format!("prepull.bases[{i}].match: {e}")))?;
+            globs_of(&format!("prepull.bases[{i}].match"), &base.matches)?;
+        }
+        if let Some(image) = &prepull.tools_image {
+            crate::reference::Reference::parse(image).map_err(|e| Error::Config(format!("prepull.toolsImage: {e}")))?;
+        }
+        if !OPERATING_SYSTEMS.contains(&prepull.platform.os.as_str()) {
+            let why = format!("{:?} is not one of {}", prepull.platform.os, OPERATING_SYSTEMS.join(", "));
+            return refuse("prepull.platform.os", why);
+        }
+        if !ARCHITECTURES.contains(&prepull.platform.architecture.as_str()) {
+            let why = format!("{:?} is not one of {}", prepull.platform.architecture, ARCHITECTURES.join(", "));
+            return refuse("prepull.platform.architecture", why);
         }
         Ok(())
     }
@@ -309,6 +384,141 @@ impl Config {
     pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
         self.registries.iter().find(|r| r.host == host)
     }
+}
+
+/// The accepted range of every bounded key, with the reason for each bound.
+pub mod limits {
+    use std::{ops::RangeInclusive, time::Duration};
+
+    const MS: Duration = Duration::from_millis(1);
+    const fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// Zero makes tokio's interval panic; polling two files more than ten times a second buys
+    /// nothing; past an hour a rotated certificate waits too long (and a huge period overflows
+    /// the interval's next tick).
+    pub const RELOAD_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(100)..=secs(3600);
+    /// The API server waits at most 30 s for a webhook (`timeoutSeconds` ≤ 30): a longer budget
+    /// is never granted, and a huge one overflows the deadline (`Instant + budget`).
+    pub const BUDGET: RangeInclusive<Duration> = MS..=secs(30);
+    /// Subtracted from the API server's timeout (at most 30 s); 30 s or more leaves no time.
+    pub const MARGIN: RangeInclusive<Duration> = Duration::ZERO..=secs(29);
+    /// Zero fails every connection at once; a minute is already far past any review's budget.
+    pub const CONNECT_TIMEOUT: RangeInclusive<Duration> = MS..=secs(60);
+    /// Zero fails every request at once. It is also the whole deadline of `resolve`, `mutate`,
+    /// `audit` and `prepuller` (`Instant + requestTimeout`) and is tripled for background work,
+    /// so a huge value overflows; ten minutes is the longest a CLI run should wait.
+    pub const REQUEST_TIMEOUT: RangeInclusive<Duration> = MS..=secs(600);
+    /// Zero admits no request; tokio's semaphore panics past `usize::MAX >> 3` permits, and more
+    /// than 1024 connections to one registry is a flood, not a cache fill.
+    pub const MAX_CONCURRENCY_PER_REGISTRY: RangeInclusive<u64> = 1..=1024;
+    /// Zero makes the cache sweep a whole shard on every insert; a digest older than a week is
+    /// a tag that moved long ago.
+    pub const CACHE_TTL: RangeInclusive<Duration> = MS..=secs(7 * 24 * 3600);
+    /// Zero, as for `ttl`; a day is the longest an image pushed after a failed lookup should
+    /// stay "not found".
+    pub const NEGATIVE_TTL: RangeInclusive<Duration> = MS..=secs(24 * 3600);
+    /// Zero serves nothing stale (allowed); past 30 days a registry outage is not the problem.
+    pub const STALE_IF_ERROR: RangeInclusive<Duration> = Duration::ZERO..=secs(30 * 24 * 3600);
+    /// Zero caches nothing; at the measured ~256 bytes per entry, 500,000 entries are ~122 MiB,
+    /// half of the Deployment's 256Mi memory limit.
+    pub const MAX_ENTRIES: RangeInclusive<u64> = 1..=500_000;
+    /// Mirrors are tried in turn inside one review's budget.
+    pub const MAX_MIRRORS: usize = 8;
+    /// `GOOS` values, the vocabulary of an OCI image index's `platform.os`.
+    pub const OPERATING_SYSTEMS: &[&str] = &[
+        "aix",
+        "android",
+        "darwin",
+        "dragonfly",
+        "freebsd",
+        "illumos",
+        "ios",
+        "js",
+        "linux",
+        "netbsd",
+        "openbsd",
+        "plan9",
+        "solaris",
+        "wasip1",
+        "windows",
+    ];
+    /// `GOARCH` values, the vocabulary of `platform.architecture`.
+    pub const ARCHITECTURES: &[&str] = &[
+        "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64", "ppc64le",
+        "riscv64", "s390x", "wasm",
+    ];
+}
+
+fn refuse(key: &str, why: String) -> Result<(), Error> {
+    Err(Error::Config(format!("{key}: {why}")))
+}
+
+fn within(key: &str, value: Duration, range: std::ops::RangeInclusive<Duration>) -> Result<(), Error> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    refuse(key, format!("must be between {} and {}, got {}", show(*range.start()), show(*range.end()), show(value)))
+}
+
+fn count_within(key: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<(), Error> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    refuse(key, format!("must be between {} and {}, got {value}", range.start(), range.end()))
+}
+
+fn globs_of(key: &str, globs: &[String]) -> Result<(), Error> {
+    if globs.iter().any(String::is_empty) {
+        return refuse(key, "an empty glob matches nothing".into());
+    }
+    glob_set(globs).map(drop).map_err(|e| Error::Config(format!("{key}: {e}")))
+}
+
+/// `host[:port]` as the first component of an image reference names it (so `docker.io`, not
+/// `index.docker.io`, and a name with a dot, a port or `localhost`).
+fn registry_host(host: &str) -> Result<(), String> {
+    mirror_host(host)?;
+    match crate::reference::Reference::parse(&format!("{host}/x")) {
+        Ok(r) if r.registry == host => Ok(()),
+        Ok(r) => Err(format!("image references name this registry {:?}; write that", r.registry)),
+        Err(e) => Err(e.reason.to_string()),
+    }
+}
+
+/// `host[:port]`: a DNS name or an IP address (IPv6 in brackets), and a port from 1 to 65535,
+/// written as the URL parser will dial it.
+fn mirror_host(host: &str) -> Result<(), String> {
+    let bad = || format!("must be host[:port] (no scheme, path or spaces), got {host:?}");
+    let parsed = url::Url::parse(&format!("https://{host}/")).map_err(|_| bad())?;
+    let name = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+    let dialled = match parsed.port() {
+        Some(0) => return Err(bad()),
+        Some(port) => format!("{name}:{port}"),
+        // The URL parser drops https' default port.
+        None if host.ends_with(":443") => format!("{name}:443"),
+        None => name.to_string(),
+    };
+    // The URL parser normalises case, IPv4 spellings and paths: what it dials must be what was
+    // written, or the guard, the metrics and the credentials would not agree on the host.
+    if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() || parsed.username() != "" {
+        return Err(bad());
+    }
+    if dialled != host {
+        return Err(format!("{host:?} is dialled as {dialled:?}; write that"));
+    }
+    Ok(())
+}
+
+/// A Kubernetes namespace name: a lowercase RFC 1123 label of at most 63 characters.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// Compiles glob patterns; `*` crosses `/`, so `ghcr.io/org/*` covers nested repositories.
@@ -365,6 +575,141 @@ mod tests {
         assert!(err.contains("registries[0].host"), "{err}");
         let err = Config::parse("prepull: { bases: [{ image: 'Bad' }] }").unwrap_err().to_string();
         assert!(err.contains("prepull.bases[0].image"), "{err}");
+    }
+
+    /// The error for `text`, which must name `key`.
+    fn refused(text: &str, key: &str) -> String {
+        let err = match Config::parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(key), "{text}: the error does not name {key}: {err}");
+        err
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_in_every_section() {
+        for (text, key) in [
+            ("listen: { htps: '0.0.0.0:9443' }", "htps"),
+            ("tls: { certFil: x }", "certFil"),
+            ("resolve: { budgett: 2s }", "budgett"),
+            ("cache: { tll: 1m }", "tll"),
+            ("registries: [{ host: r.io, mirror: [m.io] }]", "mirror"),
+            ("network: { denyCidr: [] }", "denyCidr"),
+            ("exclude: { namespace: [a] }", "namespace"),
+            ("workloads: { template: true }", "template"),
+            ("prepull: { enable: true }", "enable"),
+            ("prepull: { bases: [{ image: 'b:1', matches: [x] }] }", "matches"),
+            ("prepull: { platform: { arch: arm64 } }", "arch"),
+            ("allowPodOptOutt: true", "allowPodOptOutt"),
+        ] {
+            let err = refused(text, key);
+            assert!(err.contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_and_the_shipped_configs_are_within_the_limits() {
+        Config::parse("").unwrap();
+        Config::parse(include_str!("../manifests/base/config.yaml")).unwrap();
+    }
+
+    #[test]
+    fn durations_that_would_break_the_server_are_refused() {
+        refused("tls: { reloadInterval: 0s }", "tls.reloadInterval");
+        refused("tls: { reloadInterval: 18446744073709551615s }", "tls.reloadInterval");
+        refused("resolve: { budget: 0s }", "resolve.budget");
+        refused("resolve: { budget: 18446744073709551615s }", "resolve.budget");
+        // More than the API server ever waits for a webhook.
+        refused("resolve: { budget: 31s }", "resolve.budget");
+        refused("resolve: { margin: 30s }", "resolve.margin");
+        refused("resolve: { connectTimeout: 0s }", "resolve.connectTimeout");
+        refused("resolve: { connectTimeout: 61s }", "resolve.connectTimeout");
+        refused("resolve: { requestTimeout: 0s }", "resolve.requestTimeout");
+        refused("resolve: { requestTimeout: 18446744073709551615s }", "resolve.requestTimeout");
+        refused("cache: { ttl: 0s }", "cache.ttl");
+        refused("cache: { ttl: 8d }", "cache.ttl");
+        refused("cache: { negativeTtl: 0s }", "cache.negativeTtl");
+        refused("cache: { negativeTtl: 25h }", "cache.negativeTtl");
+        refused("cache: { staleIfError: 31d }", "cache.staleIfError");
+        // The bounds themselves are accepted.
+        let edges = "tls: { reloadInterval: 100ms }\nresolve: { budget: 30s, margin: 0s, connectTimeout: 1ms, \
+                     requestTimeout: 10m }\ncache: { ttl: 1ms, negativeTtl: 24h, staleIfError: 0s }";
+        Config::parse(edges).unwrap();
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        refused("resolve: { maxConcurrencyPerRegistry: 0 }", "resolve.maxConcurrencyPerRegistry");
+        // Above tokio's Semaphore::MAX_PERMITS (usize::MAX >> 3), which panics.
+        refused("resolve: { maxConcurrencyPerRegistry: 2305843009213693952 }", "resolve.maxConcurrencyPerRegistry");
+        refused("resolve: { maxConcurrencyPerRegistry: 1025 }", "resolve.maxConcurrencyPerRegistry");
+        refused("cache: { maxEntries: 0 }", "cache.maxEntries");
+        refused("cache: { maxEntries: 500001 }", "cache.maxEntries");
+        Config::parse("resolve: { maxConcurrencyPerRegistry: 1024 }\ncache: { maxEntries: 500000 }").unwrap();
+    }
+
+    #[test]
+    fn listen_addresses_are_fixed_and_distinct() {
+        refused("listen: { https: '0.0.0.0:0' }", "listen.https");
+        refused("listen: { http: '127.0.0.1:0' }", "listen.http");
+        refused("listen: { https: '127.0.0.1:8443', http: '127.0.0.1:8443' }", "listen.http");
+        refused("listen: { https: '0.0.0.0:9000', http: '127.0.0.1:9000' }", "listen.http");
+        Config::parse("listen: { https: '127.0.0.1:9000', http: '127.0.0.2:9000' }").unwrap();
+    }
+
+    #[test]
+    fn tls_files_are_named() {
+        refused("tls: { certFile: '' }", "tls.certFile");
+        refused("tls: { keyFile: '' }", "tls.keyFile");
+    }
+
+    #[test]
+    fn registry_hosts_are_what_references_name_and_what_is_dialled() {
+        for host in
+            ["a/b", "", "https://r.io", "r.io/", "r.io:0", "r.io:99999", "R.io", "127.1:5000", "r.io:x", "u@r.io"]
+        {
+            refused(&format!("registries: [{{ host: '{host}' }}]"), "registries[0].host");
+        }
+        // Docker Hub is named docker.io in references; a name without a dot is a Docker Hub path.
+        let err = refused("registries: [{ host: index.docker.io }]", "registries[0].host");
+        assert!(err.contains("docker.io"), "{err}");
+        refused("registries: [{ host: myregistry }]", "registries[0].host");
+        refused("registries: [{ host: r.io }, { host: r.io }]", "registries[1].host");
+        refused("registries: [{ host: r.io, mirrors: ['m.io/x'] }]", "registries[0].mirrors[0]");
+        refused("registries: [{ host: r.io, mirrors: [m.io, m.io] }]", "registries[0].mirrors[1]");
+        refused("registries: [{ host: r.io, mirrors: [r.io] }]", "registries[0].mirrors[0]");
+        let nine: Vec<String> = (0..9).map(|i| format!("m{i}.io")).collect();
+        refused(&format!("registries: [{{ host: r.io, mirrors: [{}] }}]", nine.join(", ")), "registries[0].mirrors");
+        refused("registries: [{ host: r.io, caFile: '' }]", "registries[0].caFile");
+        refused("registries: [{ host: r.io, credentialsFile: '' }]", "registries[0].credentialsFile");
+        Config::parse(
+            "registries: [{ host: docker.io, mirrors: ['mirror.gcr.io', '10.0.0.1:5000', '[fd00::1]:5000'] }, \
+             { host: 'localhost:5000' }, { host: '127.0.0.1:5000' }, { host: '[::1]:5000' }, { host: 'r.io:443' }]",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn networks_globs_and_namespaces_are_checked() {
+        let err = refused("network: { denyCidrs: ['169.254.169.254/16'] }", "network.denyCidrs[0]");
+        assert!(err.contains("169.254.0.0/16"), "{err}");
+        refused("network: { allowRegistries: ['['] }", "network.allowRegistries");
+        refused("network: { allowRegistries: [''] }", "network.allowRegistries");
+        refused("exclude: { images: ['a[b'] }", "exclude.images");
+        refused("exclude: { namespaces: ['Kube-System'] }", "exclude.namespaces[0]");
+        refused("exclude: { namespaces: [kube-system, 'team-*'] }", "exclude.namespaces[1]");
+        refused(&format!("exclude: {{ namespaces: [{}] }}", "a".repeat(64)), "exclude.namespaces[0]");
+        refused("prepull: { bases: [{ image: 'b:1', match: ['{'] }] }", "prepull.bases[0].match");
+    }
+
+    #[test]
+    fn prepull_images_and_platform_are_checked() {
+        refused("prepull: { toolsImage: 'Bad' }", "prepull.toolsImage");
+        refused("prepull: { platform: { os: Linux } }", "prepull.platform.os");
+        refused("prepull: { platform: { architecture: x86_64 } }", "prepull.platform.architecture");
+        Config::parse("prepull: { toolsImage: 'ghcr.io/l/l:1', platform: { os: windows, architecture: arm64 } }")
+            .unwrap();
     }
 
     #[test]

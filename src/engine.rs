@@ -82,7 +82,7 @@ pub struct Plan {
 
 impl Engine {
     pub fn new(config: Config) -> Result<Self, Error> {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(&config));
         let excluded_images = crate::config::glob_set(&config.exclude.images)
             .map_err(|e| Error::Config(format!("exclude.images: {e}")))?;
         let resolver = Resolver::new(&config, metrics.clone())?;

@@ -1,16 +1,169 @@
 //! Prometheus metrics (OpenMetrics text on `/metrics`), all prefixed `layerlink_`.
 //! Each family's meaning is documented in the README's metrics table.
+//!
+//! Every label value comes from a closed set, so no review, image or registry answer can grow
+//! the number of series: an object's kind is one of the kinds layerlink handles, a registry is a
+//! configured one, one of its mirrors or a well-known public registry, a status code is one of a
+//! few codes or its class, and a namespace is one of the first [`MAX_NAMESPACES`] seen. Anything
+//! else is `other`. The label types below can only be built through those rules.
+
+use std::{
+    collections::HashSet,
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
+use crate::Config;
+
+/// What a value outside a label's closed set is counted as.
+pub const OTHER: &str = "other";
+
+/// Distinct namespaces given their own `audit_findings` series; later ones count as `other`.
+pub const MAX_NAMESPACES: usize = 500;
+
+/// Public registries (and the hosts that serve their API and tokens) that keep their own
+/// `registry` label without being configured.
+pub const WELL_KNOWN_REGISTRIES: &[&str] = &[
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "auth.docker.io",
+    "ghcr.io",
+    "quay.io",
+    "gcr.io",
+    "mirror.gcr.io",
+    "us.gcr.io",
+    "eu.gcr.io",
+    "asia.gcr.io",
+    "k8s.gcr.io",
+    "registry.k8s.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+    "nvcr.io",
+    "registry.gitlab.com",
+    "docker.elastic.co",
+    "cgr.dev",
+];
+
+/// The object kinds layerlink handles (see `sites::shape`); every other kind is `other`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Kind {
+    Pod,
+    EphemeralContainers,
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+    Job,
+    ReplicationController,
+    CronJob,
+    PodTemplate,
+    /// A body that did not decode as a review: no kind was read (the empty label value).
+    Unread,
+    Other,
+}
+
+impl Kind {
+    const NAMED: [Kind; 10] = [
+        Kind::Pod,
+        Kind::EphemeralContainers,
+        Kind::Deployment,
+        Kind::StatefulSet,
+        Kind::DaemonSet,
+        Kind::ReplicaSet,
+        Kind::Job,
+        Kind::ReplicationController,
+        Kind::CronJob,
+        Kind::PodTemplate,
+    ];
+
+    pub fn of(kind: &str) -> Kind {
+        Kind::NAMED.into_iter().find(|k| k.as_str() == kind).unwrap_or(Kind::Other)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::EphemeralContainers => "EphemeralContainers",
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::Job => "Job",
+            Kind::ReplicationController => "ReplicationController",
+            Kind::CronJob => "CronJob",
+            Kind::PodTemplate => "PodTemplate",
+            Kind::Unread => "",
+            Kind::Other => OTHER,
+        }
+    }
+}
+
+/// A registry host known to the config or well known, else `other`. Built by
+/// [`Metrics::registry_label`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RegistryLabel(Option<Arc<str>>);
+
+/// A registry's HTTP answer: the codes layerlink acts on, the class of any other status,
+/// `timeout` or `error` when there was no answer, else `other`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Code(&'static str);
+
+impl Code {
+    const EXACT: &[&str] = &["200", "401", "403", "404", "429", "500", "502", "503", "504"];
+    const CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
+    const NO_ANSWER: &[&str] = &["timeout", "error"];
+
+    pub fn of(code: &str) -> Code {
+        if let Some(exact) = Code::EXACT.iter().chain(Code::NO_ANSWER).find(|c| **c == code) {
+            return Code(exact);
+        }
+        match code.parse::<u16>() {
+            Ok(status @ 100..=599) => Code(Code::CLASSES[usize::from(status / 100 - 1)]),
+            _ => Code(OTHER),
+        }
+    }
+}
+
+/// A namespace among the first [`MAX_NAMESPACES`] seen, else `other`. Built by
+/// [`Metrics::namespace_label`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct NamespaceLabel(Option<Arc<str>>);
+
+impl EncodeLabelValue for Kind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Code {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0)
+    }
+}
+
+impl EncodeLabelValue for RegistryLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_deref().unwrap_or(OTHER))
+    }
+}
+
+impl EncodeLabelValue for NamespaceLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_deref().unwrap_or(OTHER))
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub path: &'static str,
-    pub kind: String,
+    pub kind: Kind,
     pub result: &'static str,
 }
 
@@ -32,19 +185,19 @@ pub struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryRequestLabels {
-    pub registry: String,
+    pub registry: RegistryLabel,
     pub method: &'static str,
-    pub code: String,
+    pub code: Code,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryLabels {
-    pub registry: String,
+    pub registry: RegistryLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuditLabels {
-    pub namespace: String,
+    pub namespace: NamespaceLabel,
     pub result: &'static str,
 }
 
@@ -60,14 +213,19 @@ pub struct Metrics {
     pub stale_served: Family<RegistryLabels, Counter>,
     pub audit_findings: Family<AuditLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
+    /// Hosts that keep their own `registry` label.
+    known_registries: HashSet<Arc<str>>,
+    /// Namespaces that have their own `audit_findings` series (at most [`MAX_NAMESPACES`]).
+    namespaces: Mutex<HashSet<Arc<str>>>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The metrics of a server with this config (its registries keep their own label).
+    pub fn new(config: &Config) -> Self {
         let mut registry = Registry::with_prefix("layerlink");
         let admission_requests = Family::default();
         registry.register(
@@ -135,11 +293,11 @@ impl Default for Metrics {
             stale_served,
             audit_findings,
             tls_reloads,
+            known_registries: known_registries(config),
+            namespaces: Mutex::default(),
         }
     }
-}
 
-impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -149,5 +307,111 @@ impl Metrics {
 
     pub fn cache(&self, result: &'static str) {
         self.cache_lookups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// The `registry` label of a host (or registry name): itself if configured, a mirror or well
+    /// known, else `other`.
+    pub fn registry_label(&self, host: &str) -> RegistryLabel {
+        RegistryLabel(self.known_registries.get(host).cloned())
+    }
+
+    /// Counts a digest lookup answered by `host` (a mirror or the upstream).
+    pub fn count_answer(&self, host: &str) {
+        self.registry_answered_by.get_or_create(&RegistryLabels { registry: self.registry_label(host) }).inc();
+    }
+
+    /// Counts a digest served past its TTL because `registry` failed.
+    pub fn count_stale(&self, registry: &str) {
+        self.stale_served.get_or_create(&RegistryLabels { registry: self.registry_label(registry) }).inc();
+    }
+
+    /// The `registry` and `code` labels of one registry request.
+    pub fn request_labels(&self, host: &str, code: &str) -> (RegistryLabel, Code) {
+        (self.registry_label(host), Code::of(code))
+    }
+
+    /// The `namespace` label: one of the first [`MAX_NAMESPACES`] namespace names seen, else
+    /// `other` (also for anything that is not a namespace name).
+    pub fn namespace_label(&self, namespace: &str) -> NamespaceLabel {
+        if !crate::config::is_dns_label(namespace) {
+            return NamespaceLabel(None);
+        }
+        let mut seen = self.namespaces.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(known) = seen.get(namespace) {
+            return NamespaceLabel(Some(known.clone()));
+        }
+        if seen.len() >= MAX_NAMESPACES {
+            return NamespaceLabel(None);
+        }
+        let name: Arc<str> = namespace.into();
+        seen.insert(name.clone());
+        NamespaceLabel(Some(name))
+    }
+}
+
+/// Configured registries, their mirrors, and the well-known public registries.
+fn known_registries(config: &Config) -> HashSet<Arc<str>> {
+    let configured = config.registries.iter().flat_map(|r| std::iter::once(&r.host).chain(&r.mirrors));
+    WELL_KNOWN_REGISTRIES.iter().copied().chain(configured.map(String::as_str)).map(Arc::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_the_handled_ones_or_other() {
+        for kind in Kind::NAMED {
+            assert!(crate::sites::shape(kind.as_str()).is_some(), "{kind:?} is not handled");
+            assert_eq!(Kind::of(kind.as_str()), kind);
+        }
+        for other in ["", "Namespace", "pod", "Pod ", "Deployment2", &"x".repeat(10_000)] {
+            assert_eq!(Kind::of(other), Kind::Other, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn codes_are_a_closed_set() {
+        let label = |code: &str| Code::of(code).0;
+        assert_eq!(label("200"), "200");
+        assert_eq!(label("429"), "429");
+        assert_eq!(label("204"), "2xx");
+        assert_eq!(label("307"), "3xx");
+        assert_eq!(label("418"), "4xx");
+        assert_eq!(label("599"), "5xx");
+        assert_eq!(label("timeout"), "timeout");
+        assert_eq!(label("error"), "error");
+        for other in ["0", "99", "600", "65535", "2000", "abc", ""] {
+            assert_eq!(label(other), OTHER, "{other:?}");
+        }
+        let all: HashSet<&str> = (0..=u16::MAX).map(|c| label(&c.to_string())).collect();
+        assert_eq!(all.len(), Code::EXACT.len() + Code::CLASSES.len() + 1);
+    }
+
+    #[test]
+    fn registries_are_configured_mirrors_or_well_known() {
+        let config =
+            Config::parse("registries: [{ host: 'r.internal:5000', mirrors: ['m.internal'] }]").expect("config");
+        let metrics = Metrics::new(&config);
+        let label = |host: &str| metrics.registry_label(host).0.map(|h| h.to_string());
+        assert_eq!(label("r.internal:5000").as_deref(), Some("r.internal:5000"));
+        assert_eq!(label("m.internal").as_deref(), Some("m.internal"));
+        assert_eq!(label("ghcr.io").as_deref(), Some("ghcr.io"));
+        assert_eq!(label("index.docker.io").as_deref(), Some("index.docker.io"));
+        for other in ["r.internal", "r.internal:5001", "evil.example", "GHCR.IO", "127.0.0.1:1"] {
+            assert_eq!(label(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn namespaces_are_the_first_seen_then_other() {
+        let metrics = Metrics::new(&Config::default());
+        for i in 0..MAX_NAMESPACES {
+            assert!(metrics.namespace_label(&format!("ns-{i}")).0.is_some());
+        }
+        assert_eq!(metrics.namespace_label("one-too-many").0, None);
+        // Those already seen keep their label.
+        assert_eq!(metrics.namespace_label("ns-0").0.as_deref(), Some("ns-0"));
+        assert_eq!(Metrics::new(&Config::default()).namespace_label("Not_A_Namespace").0, None);
     }
 }

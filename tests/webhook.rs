@@ -353,3 +353,63 @@ async fn validate_refuses_unpinned_images_and_audit_never_patches() {
         "{metrics}"
     );
 }
+
+/// No review can grow `/metrics` without bound: thousands of distinct kinds, registry hosts and
+/// namespaces end up in a bounded number of series, the excess counted as `other`.
+#[tokio::test(flavor = "multi_thread")]
+async fn metric_series_stay_bounded_whatever_the_reviews_name() {
+    use futures::StreamExt;
+    use layerlink::metrics::MAX_NAMESPACES;
+
+    // A short budget: the reviews need not wait for the lookups, which are counted as they end.
+    let webhook = Webhook::start("resolve: { budget: 300ms }\n");
+    let base = fixtures::json("pod-create-simple.json");
+    let (kinds, namespaces, images_each) = (2_000, MAX_NAMESPACES + 100, 4);
+    let mut reviews = Vec::new();
+    for i in 0..kinds {
+        let mut review = base.clone();
+        review["request"]["uid"] = json!(format!("kind-{i}"));
+        review["request"]["kind"]["kind"] = json!(format!("Kind{i}"));
+        reviews.push(("/mutate", review));
+    }
+    // Every image on a registry host of its own (a name that does not resolve: each request
+    // fails at once), in a namespace of its own, so each review adds findings and registry series.
+    for i in 0..namespaces {
+        let mut review = base.clone();
+        review["request"]["uid"] = json!(format!("namespace-{i}"));
+        review["request"]["namespace"] = json!(format!("ns-{i}"));
+        let image = |j: usize| format!("r{}.layerlink.invalid/app:v1", i * images_each + j);
+        let containers: Vec<Value> =
+            (0..images_each).map(|j| json!({"name": format!("c{j}"), "image": image(j)})).collect();
+        review["request"]["object"]["spec"]["containers"] = json!(containers);
+        reviews.push(("/audit", review));
+    }
+    let webhook = &webhook;
+    futures::stream::iter(&reviews)
+        .for_each_concurrent(32, |(path, review)| async move {
+            webhook.review(path, review).await;
+        })
+        .await;
+
+    let metrics = webhook.metrics().await;
+    let series = |family: &str| metrics.lines().filter(|l| l.starts_with(family)).count();
+    // Kinds: 3 paths × 12 kinds × 7 results at most; registries: one (other) × 2 methods × 17
+    // codes; findings: MAX_NAMESPACES + other, one result each here.
+    let bounds = [
+        ("layerlink_admission_requests_total{", 3 * 12 * 7),
+        ("layerlink_registry_requests_total{", 2 * 17),
+        ("layerlink_registry_request_duration_seconds_count{", 1),
+        ("layerlink_audit_findings_total{", MAX_NAMESPACES + 1),
+    ];
+    let over: Vec<String> = bounds
+        .iter()
+        .filter(|(family, max)| series(family) > *max)
+        .map(|(family, max)| format!("{family}: {} series, bound {max}", series(family)))
+        .collect();
+    assert!(over.is_empty(), "{over:#?}; /metrics is {} bytes", metrics.len());
+    assert!(metrics.len() < 256 * 1024, "/metrics is {} bytes", metrics.len());
+    // What was bounded was counted, as other.
+    for seen in ["kind=\"other\"", "namespace=\"other\"", "layerlink_registry_requests_total{registry=\"other\""] {
+        assert!(metrics.contains(seen), "no {seen} in {}", &metrics[..metrics.len().min(9000)]);
+    }
+}

@@ -11,7 +11,7 @@ use super::review::{AdmissionRequest, AdmissionReview, Response, ReviewResponse}
 use crate::{
     Engine,
     engine::Plan,
-    metrics::{AuditLabels, ImageLabels, PathLabels, RequestLabels},
+    metrics::{AuditLabels, ImageLabels, Kind, PathLabels, RequestLabels},
     policy::{self, Decision, Mode},
     registry::auth::Keychain,
     sites,
@@ -65,7 +65,7 @@ pub async fn handle(
     engine
         .metrics
         .admission_requests
-        .get_or_create(&RequestLabels { path, kind: request.kind.kind.clone(), result })
+        .get_or_create(&RequestLabels { path, kind: Kind::of(&request.kind.kind), result })
         .inc();
     response.into_review(&review.api_version)
 }
@@ -75,7 +75,7 @@ fn invalid(engine: &Engine, path: &'static str, uid: &str, api_version: &str, me
     engine
         .metrics
         .admission_requests
-        .get_or_create(&RequestLabels { path, kind: String::new(), result: "invalid" })
+        .get_or_create(&RequestLabels { path, kind: Kind::Unread, result: "invalid" })
         .inc();
     Response::deny(uid, 400, "BadRequest", format!("layerlink: {message}")).into_review(api_version)
 }
@@ -178,7 +178,7 @@ fn enforce(
 
 fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan) -> (Response, &'static str) {
     let uid = request.uid.as_str();
-    let namespace = request.namespace.clone().unwrap_or_default();
+    let namespace = request.namespace.as_deref().unwrap_or_default();
     let mut warnings = Vec::new();
     let mut would_pin = BTreeMap::new();
     let mut unresolved = BTreeMap::new();
@@ -195,7 +195,7 @@ fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan
             engine
                 .metrics
                 .audit_findings
-                .get_or_create(&AuditLabels { namespace: namespace.clone(), result })
+                .get_or_create(&AuditLabels { namespace: engine.metrics.namespace_label(namespace), result })
                 .inc_by(count as u64);
         }
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::{
     admission::{handler::Credentials, review::AdmissionRequest},
     registry::auth::Keychain,
+    sites::{self, Shape},
 };
 
 /// How long a secret or service account read is reused.
@@ -36,42 +37,58 @@ impl PullSecrets {
 
     async fn secret(&self, namespace: &str, name: &str) -> Arc<Keychain> {
         let key = (namespace.to_string(), name.to_string());
-        self.secrets
-            .get_with(key, async {
-                let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-                match api.get_opt(name).await {
-                    Ok(Some(secret)) => Arc::new(keychain_of(namespace, &secret)),
-                    Ok(None) => {
-                        tracing::warn!(namespace, secret = name, "pull secret not found");
-                        Arc::default()
-                    }
-                    Err(e) => {
-                        tracing::warn!(namespace, secret = name, error = %e, "cannot read pull secret");
-                        Arc::default()
-                    }
-                }
+        let read = async {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            let found = |secret: Secret| keychain_of(namespace, &secret);
+            definite(api.get_opt(name).await, found, || {
+                tracing::warn!(namespace, secret = name, "pull secret not found");
+                Keychain::default()
             })
-            .await
+        };
+        read_through(&self.secrets, key, read).await.unwrap_or_else(|e| {
+            tracing::warn!(namespace, secret = name, error = %e, "cannot read pull secret; resolving without it");
+            Arc::default()
+        })
     }
 
     async fn account_secrets(&self, namespace: &str, name: &str) -> Arc<Vec<String>> {
         let key = (namespace.to_string(), name.to_string());
-        self.accounts
-            .get_with(key, async {
-                let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-                match api.get_opt(name).await {
-                    Ok(Some(sa)) => {
-                        Arc::new(sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name).collect())
-                    }
-                    Ok(None) => Arc::default(),
-                    Err(e) => {
-                        tracing::warn!(namespace, service_account = name, error = %e, "cannot read service account");
-                        Arc::default()
-                    }
-                }
-            })
-            .await
+        let read = async {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+            let found =
+                |sa: ServiceAccount| sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name).collect();
+            definite(api.get_opt(name).await, found, Vec::new)
+        };
+        read_through(&self.accounts, key, read).await.unwrap_or_else(|e| {
+            tracing::warn!(namespace, service_account = name, error = %e, "cannot read service account; resolving without its pull secrets");
+            Arc::default()
+        })
     }
+}
+
+/// What a read of a Secret or ServiceAccount means: found or absent (404, which `get_opt` reads as
+/// `None`) is a definite answer; an API error (a timeout, a 5xx, a 403) says nothing about the
+/// object and stays an error.
+fn definite<T, V, E>(
+    read: Result<Option<T>, E>,
+    found: impl FnOnce(T) -> V,
+    absent: impl FnOnce() -> V,
+) -> Result<V, E> {
+    Ok(read?.map_or_else(absent, found))
+}
+
+/// Reads through `cache`: a definite answer is kept for the TTL; an error is not kept, so the
+/// next review reads again (and this one goes on without credentials from it).
+async fn read_through<V, E>(
+    cache: &moka::future::Cache<(String, String), Arc<V>>,
+    key: (String, String),
+    read: impl Future<Output = Result<V, E>>,
+) -> Result<Arc<V>, Arc<E>>
+where
+    V: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    cache.try_get_with(key, async { read.await.map(Arc::new) }).await
 }
 
 #[async_trait::async_trait]
@@ -80,7 +97,8 @@ impl Credentials for PullSecrets {
         let (Some(namespace), Some(object)) = (request.namespace.as_deref(), request.object.as_ref()) else {
             return Arc::default();
         };
-        let (pod_secrets, account) = secret_names(object);
+        let Some(shape) = sites::shape(&request.kind.kind) else { return Arc::default() };
+        let (pod_secrets, account) = secret_names(shape, object);
         let mut names = pod_secrets;
         for name in self.account_secrets(namespace, &account).await.iter() {
             if !names.contains(name) {
@@ -95,9 +113,10 @@ impl Credentials for PullSecrets {
     }
 }
 
-/// The pod's own pull secret names, and its service account (`default` when unset).
-pub fn secret_names(object: &Value) -> (Vec<String>, String) {
-    let spec = object.get("spec").unwrap_or(&Value::Null);
+/// The pod's own pull secret names, and its service account (`default` when unset), read from
+/// the pod spec of an object of this shape (a Pod's `/spec`, a workload's pod template).
+pub fn secret_names(shape: Shape, object: &Value) -> (Vec<String>, String) {
+    let spec = object.pointer(sites::spec_pointer(shape)).unwrap_or(&Value::Null);
     let names = spec
         .get("imagePullSecrets")
         .and_then(Value::as_array)
@@ -157,8 +176,61 @@ mod tests {
     #[test]
     fn names_from_the_pod_and_its_service_account() {
         let object = fixtures::review("pod-create-multi.json").request.unwrap().object.unwrap();
-        assert_eq!(secret_names(&object), (vec!["regcred".into(), "ghcr-pull".into()], "app-sa".into()));
-        assert_eq!(secret_names(&serde_json::json!({"spec": {}})), (vec![], "default".into()));
+        assert_eq!(secret_names(Shape::Pod, &object), (vec!["regcred".into(), "ghcr-pull".into()], "app-sa".into()));
+        assert_eq!(secret_names(Shape::Pod, &serde_json::json!({"spec": {}})), (vec![], "default".into()));
+    }
+
+    /// A pod template's pull secrets and service account are its pod spec's, in every shape,
+    /// and the read-only decoding of a review keeps them.
+    #[test]
+    fn names_from_pod_templates() {
+        let pod_spec = serde_json::json!({
+            "containers": [{"name": "a", "image": "r.io/a:1", "env": []}],
+            "imagePullSecrets": [{"name": "template-cred"}],
+            "serviceAccountName": "template-sa",
+            "volumes": []
+        });
+        let expected = (vec!["template-cred".to_string()], "template-sa".to_string());
+        for (kind, object) in [
+            ("Deployment", serde_json::json!({"spec": {"replicas": 2, "template": {"spec": pod_spec}}})),
+            ("CronJob", serde_json::json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": pod_spec}}}}})),
+            ("PodTemplate", serde_json::json!({"template": {"spec": pod_spec}})),
+        ] {
+            let shape = sites::shape(kind).unwrap();
+            assert_eq!(secret_names(shape, &object), expected, "{kind}");
+            let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u", "kind": {"kind": kind}, "operation": "CREATE", "object": object}});
+            let read = serde_json::from_value::<crate::admission::review::AdmissionReview>(review).unwrap();
+            assert_eq!(secret_names(shape, &read.request.unwrap().object.unwrap()), expected, "{kind}, read-only");
+        }
+    }
+
+    #[test]
+    fn only_definite_answers_are_answers() {
+        let read = |r: Result<Option<&'static str>, &'static str>| definite(r, str::len, || 0);
+        assert_eq!(read(Ok(Some("abc"))), Ok(3));
+        assert_eq!(read(Ok(None)), Ok(0), "absent (404) is an answer: no credentials");
+        assert_eq!(read(Err("503")), Err("503"), "an API error is not \"no credentials\"");
+    }
+
+    /// An API error is not cached: the next review reads again. A definite answer is cached.
+    #[tokio::test]
+    async fn errors_are_read_again_answers_are_kept() {
+        let cache = moka::future::Cache::builder().time_to_live(TTL).build();
+        let key = || ("ns".to_string(), "cred".to_string());
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let read = |answer: Result<Option<u8>, &'static str>| {
+            reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = definite(answer, |v| v, || 0);
+            async move { answer }
+        };
+        assert!(read_through(&cache, key(), read(Err("apiserver unavailable"))).await.is_err());
+        assert_eq!(*read_through(&cache, key(), read(Ok(Some(7)))).await.unwrap(), 7, "read again after an error");
+        assert_eq!(*read_through(&cache, key(), read(Ok(Some(9)))).await.unwrap(), 7, "kept");
+        let absent = ("ns".to_string(), "missing".to_string());
+        assert_eq!(*read_through(&cache, absent.clone(), read(Ok(None))).await.unwrap(), 0);
+        assert_eq!(*read_through(&cache, absent, read(Ok(Some(1)))).await.unwrap(), 0, "absent is kept");
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 5);
     }
 
     #[test]

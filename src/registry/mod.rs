@@ -188,7 +188,7 @@ impl Registries {
     async fn digest_from(&self, host: &str, reference: &Reference, keychain: &Keychain) -> Result<Answer, Error> {
         let credential = self.credential_for(host, reference, keychain);
         let digest = self.head_digest(host, reference, credential.as_ref()).await?;
-        self.metrics.registry_answered_by.get_or_create(&RegistryLabels { registry: host.to_string() }).inc();
+        self.metrics.count_answer(host);
         Ok(Answer { digest, answered_by: host.to_string() })
     }
 
@@ -418,7 +418,7 @@ impl Registries {
     }
 
     fn record(&self, host: &str, method: &'static str, code: String, elapsed: Duration) {
-        let registry = host.to_string();
+        let (registry, code) = self.metrics.request_labels(host, &code);
         self.metrics
             .registry_requests
             .get_or_create(&RegistryRequestLabels { registry: registry.clone(), method, code })

@@ -39,7 +39,7 @@ use self::cache::{DigestCache, Key, Lookup, Value};
 use crate::{
     Config, Error,
     engine::Deadline,
-    metrics::{Metrics, RegistryLabels},
+    metrics::Metrics,
     reference::Reference,
     registry::{Registries, auth::Keychain},
 };
@@ -182,7 +182,7 @@ impl Resolver {
         match (outcome, stale) {
             (Ok(digest), _) => Ok(Resolved { digest, stale: None }),
             (Err(error), Some((digest, age))) if error.is_transient() => {
-                self.metrics.stale_served.get_or_create(&RegistryLabels { registry: reference.registry.clone() }).inc();
+                self.metrics.count_stale(&reference.registry);
                 Ok(Resolved { digest, stale: Some(format!("cached {} ago; {error}", human(age))) })
             }
             (Err(error), _) => Err(error),
