@@ -1,7 +1,6 @@
 # layerlink: `make run` serves the webhook locally; `make test` runs every test.
 CARGO ?= cargo
 CONFIG ?= examples/config.yaml
-SELF_SIGNED := manifests/overlays/self-signed
 
 .PHONY: build run certs test lint e2e bench soak fuzz manifests image clean-certs
 
@@ -47,13 +46,15 @@ FUZZ_SECS ?= 60
 fuzz:
 	hack/fuzz.sh $(FUZZ_SECS)
 
-## Render the overlays into dist/ (self-signed certs generated on first use).
+## Render an install file per overlay into dist/ with `layerlink install` (self-signed ones with a
+## freshly generated certificate; nothing is written into manifests/).
 manifests:
-	test -f $(SELF_SIGNED)/tls.crt || $(CARGO) run --quiet --release --bin layerlink -- certs --out $(SELF_SIGNED) \
-	    --dns layerlink.layerlink-system.svc --dns layerlink.layerlink-system.svc.cluster.local >/dev/null
+	$(CARGO) build --quiet --release --bin layerlink
 	mkdir -p dist
-	for o in self-signed cert-manager cluster-wide audit-only; do \
-	    kubectl kustomize manifests/overlays/$$o > dist/layerlink-$$o.yaml; done
+	./target/release/layerlink install > dist/layerlink-self-signed.yaml
+	./target/release/layerlink install --certs cert-manager > dist/layerlink-cert-manager.yaml
+	./target/release/layerlink install --mode cluster-wide > dist/layerlink-cluster-wide.yaml
+	./target/release/layerlink install --mode audit-only > dist/layerlink-audit-only.yaml
 
 ## OCI image layout in dist/image without a container engine; REGISTRY=host:port pushes it.
 image:

@@ -53,11 +53,13 @@ enum Command {
     Layers(layerlink::prepull::layers::LayersArgs),
     /// Render the pre-puller DaemonSet for the configured bases.
     Prepuller(layerlink::prepull::daemonset::PrepullerArgs),
+    #[command(flatten)]
+    Install(layerlink::install::Verb),
 }
 
 fn main() -> ExitCode {
     layerlink::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli: Cli = layerlink::install::parse_cli();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -144,6 +146,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Prepuller(args) => {
             init_text_logs();
             layerlink::prepull::daemonset::run(args).await
+        }
+        Command::Install(verb) => {
+            init_text_logs();
+            layerlink::install::run(verb).await
         }
     }
 }

@@ -236,6 +236,18 @@ pub fn tolerations(tolerate_all: bool, flags: &[String]) -> Result<Vec<Value>, E
 }
 
 pub async fn run(args: PrepullerArgs) -> Result<ExitCode, Error> {
+    match documents(&args).await? {
+        Some(docs) => {
+            print!("{}", to_yaml(&docs)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// The pinned documents, or `None` when a base or the tools image could not be pinned (said on
+/// stderr).
+pub async fn documents(args: &PrepullerArgs) -> Result<Option<Vec<Value>>, Error> {
     let config = Config::load(&args.config)?;
     let tolerations = tolerations(args.tolerate_all, &args.tolerations)?;
     if config.prepull.bases.is_empty() {
@@ -285,28 +297,26 @@ pub async fn run(args: PrepullerArgs) -> Result<ExitCode, Error> {
         Ok(image) => image,
         Err(e) => {
             eprintln!("layerlink: tools image {tools}: {e}");
-            return Ok(ExitCode::FAILURE);
+            return Ok(None);
         }
     };
     if failed {
         // A partial DaemonSet would silently stop warming a base: render nothing.
-        return Ok(ExitCode::FAILURE);
+        return Ok(None);
     }
-    let priority = match args.priority_class {
+    let priority = match args.priority_class.clone() {
         Some(name) => Priority::Existing(name),
         None => Priority::Render,
     };
-    let docs = render(&Render {
-        namespace: args.namespace,
+    Ok(Some(render(&Render {
+        namespace: args.namespace.clone(),
         bases: found,
         tools_image,
         strategy,
         priority,
         tolerations,
-        max_unavailable: args.max_unavailable,
-    });
-    print!("{}", to_yaml(&docs)?);
-    Ok(ExitCode::SUCCESS)
+        max_unavailable: args.max_unavailable.clone(),
+    })))
 }
 
 #[cfg(test)]
