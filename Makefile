@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/config.yaml
 
-.PHONY: build run certs test lint e2e bench soak fuzz manifests image clean-certs
+.PHONY: build run certs test lint e2e bench soak fuzz manifests image dist clean-certs
 
 build:
 	$(CARGO) build --release --bin layerlink
@@ -59,6 +59,12 @@ manifests:
 ## OCI image layout in dist/image without a container engine; REGISTRY=host:port pushes it.
 image:
 	hack/image.sh
+
+## Release artifacts in dist/: static binaries (musl where available), kubectl-layerlink,
+## install-<mode>.yaml, the OCI image layout and SHA256SUMS; then runs the binaries in an empty
+## chroot (hack/dist-check.sh, needs root).
+dist:
+	hack/dist.sh
 
 clean-certs:
 	rm -f certs/ca.crt certs/tls.crt certs/tls.key

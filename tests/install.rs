@@ -7,7 +7,7 @@
 //!   except for what install adds on purpose:
 //!     * the label `app.kubernetes.io/managed-by: layerlink` on every object (uninstall finds
 //!       install's objects by it);
-//!     * with self-signed certificates, the Secret `layerlink-tls` and every webhook entry's
+//!     * with self-signed certificates (not `--certs none`), the Secret `layerlink-tls` and every webhook entry's
 //!       caBundle (the overlay leaves both to `layerlink certs --apply`); checked here to hold a
 //!       CA that signed the serving certificate for the Service's name, and to match each other;
 //!     * the ConfigMap's name suffix: both are a hash of the content, computed differently;
@@ -200,8 +200,9 @@ fn assert_agree(what: &str, installed: BTreeMap<String, Value>, rendered: BTreeM
 }
 
 /// (what, install flags, overlay directory, or a new overlay's kustomization)
-const CASES: [(&str, &[&str], &str, Option<&str>); 8] = [
+const CASES: [(&str, &[&str], &str, Option<&str>); 9] = [
     ("namespaced, self-signed", &[], "overlays/self-signed", None),
+    ("namespaced, no certificate", &["--certs", "none"], "overlays/self-signed", None),
     ("namespaced, cert-manager", &["--certs", "cert-manager"], "overlays/cert-manager", None),
     ("cluster-wide", &["--mode", "cluster-wide"], "overlays/cluster-wide", None),
     ("audit-only", &["--mode", "audit-only"], "overlays/audit-only", None),
@@ -253,7 +254,7 @@ fn install_agrees_with_kustomize_object_for_object() {
     for (what, flags, dir, kustomization) in CASES {
         let (installed, stderr) = install(flags);
         assert!(stderr.is_empty(), "{what}: install said {stderr}");
-        let self_signed = !flags.contains(&"cert-manager");
+        let self_signed = !flags.contains(&"cert-manager") && !flags.contains(&"none");
         let installed = comparable_install(installed, self_signed, what);
         let rendered = comparable_kustomize(checkout.render(dir, kustomization));
         assert_agree(what, installed, rendered);

@@ -64,7 +64,12 @@ fn hint(kind: &str) -> &'static str {
 async fn resource(client: &Client, gvk: &GroupVersionKind) -> Result<(ApiResource, ApiCapabilities), Error> {
     kube::discovery::pinned_kind(client, gvk).await.map_err(|e| {
         let version = if gvk.group.is_empty() { gvk.version.clone() } else { format!("{}/{}", gvk.group, gvk.version) };
-        Error::Kube(format!("the cluster does not serve {} {version}{}: {e}", gvk.kind, hint(&gvk.kind)))
+        let why = match &e {
+            kube::Error::Api(status) if status.code == 404 => String::new(),
+            kube::Error::Discovery(_) => String::new(),
+            other => format!(": {other}"),
+        };
+        Error::Kube(format!("the cluster does not serve {} {version}{}{why}", gvk.kind, hint(&gvk.kind)))
     })
 }
 
@@ -109,7 +114,12 @@ pub async fn apply(
 ) -> Result<(), Error> {
     let mut resolved = Vec::with_capacity(docs.len());
     for doc in docs {
-        resolved.push((doc, resource(client, &gvk_of(doc)).await?));
+        match resource(client, &gvk_of(doc)).await {
+            Ok(found) => resolved.push((doc, found)),
+            // Only an availability aid: older clusters (before 1.21) install without it.
+            Err(e) if doc["kind"] == "PodDisruptionBudget" => say(format!("skipped {}: {e}", describe(doc))),
+            Err(e) => return Err(e),
+        }
     }
     let params = PatchParams::apply(MANAGER).force();
     let (admission, workloads): (Vec<_>, Vec<_>) =

@@ -86,6 +86,9 @@ pub enum CertSource {
     SelfSigned,
     /// Issued and rotated by cert-manager (installed beforehand), which injects the caBundle.
     CertManager,
+    /// None rendered (as the self-signed overlay): `layerlink certs --apply` writes the Secret
+    /// and the caBundle afterwards. For files shared with others, which must not carry a key.
+    None,
 }
 
 /// How to reach the cluster, as kubectl takes it.
@@ -407,7 +410,7 @@ pub fn render(plan: &Plan, bundle: Option<&Bundle>) -> Vec<Value> {
             }
             docs.extend(parse(CERT_MANAGER));
         }
-        CertSource::SelfSigned => {
+        CertSource::SelfSigned | CertSource::None => {
             if let Some(bundle) = bundle {
                 docs.push(json!({
                     "apiVersion": "v1",
@@ -615,7 +618,7 @@ pub async fn install(args: InstallArgs) -> Result<ExitCode, Error> {
     if !args.apply {
         let bundle = match args.certs {
             CertSource::SelfSigned => Some(crate::certs::generate(&names)?),
-            CertSource::CertManager => None,
+            CertSource::CertManager | CertSource::None => None,
         };
         print!("{}", to_yaml(&render(&plan, bundle.as_ref()))?);
         return Ok(ExitCode::SUCCESS);
@@ -630,7 +633,7 @@ pub async fn install(args: InstallArgs) -> Result<ExitCode, Error> {
             }
             None => Some(crate::certs::generate(&names)?),
         },
-        CertSource::CertManager => None,
+        CertSource::CertManager | CertSource::None => None,
     };
     let docs = render(&plan, bundle.as_ref());
     let wait = args.wait.then_some(args.timeout);
