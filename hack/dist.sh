@@ -23,11 +23,16 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 arch=${host%%-*}
 musl="$arch-unknown-linux-musl"
 
+# ring compiles C: the musl target needs musl-gcc (Debian's musl-tools) beside its std library.
+musl_ready() {
+  { rustup target list --installed 2>/dev/null | grep -qx "$musl" || rustup target add "$musl" >/dev/null 2>&1; } &&
+    { command -v musl-gcc >/dev/null || { command -v apt-get >/dev/null && apt-get install -y -qq musl-tools >/dev/null 2>&1; }; }
+}
 if [[ -z ${TARGET:-} ]]; then
-  if rustup target list --installed 2>/dev/null | grep -qx "$musl" || rustup target add "$musl" >/dev/null 2>&1; then
+  if musl_ready; then
     TARGET=$musl
   else
-    echo "dist: $musl is not installable here; building static glibc binaries (+crt-static)" >&2
+    echo "dist: $musl (std library or musl-gcc) is not installable here; building static glibc binaries (+crt-static)" >&2
     TARGET=$host
   fi
 fi

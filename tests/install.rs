@@ -384,3 +384,35 @@ fn runs_as_the_kubectl_plugin() {
     assert!(out.status.success());
     assert!(parse(&String::from_utf8(out.stdout).unwrap()).iter().any(|d| kind(d) == "Certificate"));
 }
+
+#[test]
+fn network_policy_lets_in_the_webhook_and_out_dns_the_api_server_and_registries() {
+    let checkout = Checkout::new();
+    let docs = checkout.render(
+        "overlays/test-network-policy",
+        Some("resources: [../self-signed]\ncomponents: [../../components/network-policy]\n"),
+    );
+    let policy = docs.iter().find(|d| kind(d) == "NetworkPolicy").expect("a NetworkPolicy");
+    let deployment = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&deployment["spec"]["template"]["metadata"]["labels"][k], v, "selects layerlink's pods");
+    }
+    let ports = |direction: &str| -> Vec<(u64, String)> {
+        let mut ports: Vec<(u64, String)> = policy["spec"][direction]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| {
+                assert!(rule.get("from").is_none() && rule.get("to").is_none(), "{direction}: from/to anywhere");
+                rule["ports"].as_array().unwrap().clone()
+            })
+            .map(|p| (p["port"].as_u64().unwrap(), p["protocol"].as_str().unwrap().to_string()))
+            .collect();
+        ports.sort();
+        ports
+    };
+    let tcp = |port: u64| (port, "TCP".to_string());
+    assert_eq!(ports("ingress"), [tcp(8080), tcp(8443)]);
+    assert_eq!(ports("egress"), [tcp(53), (53, "UDP".into()), tcp(443), tcp(6443)]);
+    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+}

@@ -141,22 +141,15 @@ pub struct InstallArgs {
     /// Apply to the cluster (server-side apply, field manager `layerlink`) instead of printing.
     #[arg(long)]
     pub apply: bool,
-    /// With --apply: wait for the Deployment before registering the webhooks.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub wait: bool,
-    /// With --apply: how long to wait for the Deployment.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
     #[command(flatten)]
-    pub kube: KubeArgs,
+    pub cluster: ClusterArgs,
 }
 
+/// The cluster, and whether to wait for it (install --apply: until the Deployment is available,
+/// before the webhooks are registered; uninstall: until the namespace is gone).
 #[derive(clap::Args, Debug)]
-pub struct UninstallArgs {
-    /// The namespace layerlink was installed in.
-    #[arg(long, short = 'n', default_value = NAMESPACE)]
-    pub namespace: String,
-    /// Wait until the namespace is gone.
+pub struct ClusterArgs {
+    /// Wait until done: the Deployment available (install --apply), the namespace gone (uninstall).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub wait: bool,
     /// How long to wait.
@@ -164,6 +157,21 @@ pub struct UninstallArgs {
     pub timeout: Duration,
     #[command(flatten)]
     pub kube: KubeArgs,
+}
+
+impl ClusterArgs {
+    fn wait(&self) -> Option<Duration> {
+        self.wait.then_some(self.timeout)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UninstallArgs {
+    /// The namespace layerlink was installed in.
+    #[arg(long, short = 'n', default_value = NAMESPACE)]
+    pub namespace: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// The two verbs, one entry in the command line.
@@ -623,7 +631,7 @@ pub async fn install(args: InstallArgs) -> Result<ExitCode, Error> {
         print!("{}", to_yaml(&render(&plan, bundle.as_ref()))?);
         return Ok(ExitCode::SUCCESS);
     }
-    let client = cluster::client(&args.kube).await?;
+    let client = cluster::client(&args.cluster.kube).await?;
     let bundle = match args.certs {
         // An upgrade keeps the certificate the cluster already trusts.
         CertSource::SelfSigned => match cluster::existing_bundle(&client, &args.namespace).await? {
@@ -636,16 +644,14 @@ pub async fn install(args: InstallArgs) -> Result<ExitCode, Error> {
         CertSource::CertManager | CertSource::None => None,
     };
     let docs = render(&plan, bundle.as_ref());
-    let wait = args.wait.then_some(args.timeout);
-    cluster::apply(&client, &docs, &args.namespace, wait, |line| eprintln!("{line}")).await?;
+    cluster::apply(&client, &docs, &args.namespace, args.cluster.wait(), |line| eprintln!("{line}")).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `layerlink uninstall`.
 pub async fn uninstall(args: UninstallArgs) -> Result<ExitCode, Error> {
-    let client = cluster::client(&args.kube).await?;
-    let wait = args.wait.then_some(args.timeout);
-    let removed = cluster::uninstall(&client, &args.namespace, wait, |line| eprintln!("{line}")).await?;
+    let client = cluster::client(&args.cluster.kube).await?;
+    let removed = cluster::uninstall(&client, &args.namespace, args.cluster.wait(), |line| eprintln!("{line}")).await?;
     if removed == 0 {
         eprintln!("nothing to remove: no object of layerlink's in the cluster");
     }
