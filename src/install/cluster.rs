@@ -223,10 +223,11 @@ pub async fn uninstall(
         let mut names: Vec<String> =
             api.list(&selector).await.map_err(kube_error)?.items.into_iter().filter_map(|o| o.metadata.name).collect();
         // The webhook configurations by name too: whoever made them, they point at this install.
-        if kind.ends_with("WebhookConfiguration") && !names.iter().any(|n| n == WEBHOOK) {
-            if api.get_opt(WEBHOOK).await.map_err(kube_error)?.is_some() {
-                names.push(WEBHOOK.to_string());
-            }
+        if kind.ends_with("WebhookConfiguration")
+            && !names.iter().any(|n| n == WEBHOOK)
+            && api.get_opt(WEBHOOK).await.map_err(kube_error)?.is_some()
+        {
+            names.push(WEBHOOK.to_string());
         }
         for name in names {
             api.delete(&name, &DeleteParams::default()).await.map_err(kube_error)?;
