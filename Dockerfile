@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # layerlink container image: the webhook (`layerlink`) and the static no-op binary
-# (`layerlink-noop`) that pre-pull init containers copy into pods (DESIGN decision 9).
+# (`layerlink-noop`) that pre-pull init containers copy into pods.
 #
 #   docker build -t ghcr.io/layerlink/layerlink:0.1.0 .
 #

@@ -1,9 +1,8 @@
 # layerlink: `make run` serves the webhook locally; `make test` runs every test.
 CARGO ?= cargo
 CONFIG ?= examples/config.yaml
-SELF_SIGNED := manifests/overlays/self-signed
 
-.PHONY: build run certs test test-unit lint e2e bench soak fuzz manifests image clean-certs
+.PHONY: build run certs test test-unit graph lint e2e bench soak fuzz manifests image dist clean-certs
 
 build:
 	$(CARGO) build --release --bin layerlink
@@ -55,17 +54,25 @@ FUZZ_SECS ?= 60
 fuzz:
 	hack/fuzz.sh $(FUZZ_SECS)
 
-## Render the overlays into dist/ (self-signed certs generated on first use).
+## Render an install file per overlay into dist/ with `layerlink install` (self-signed ones with a
+## freshly generated certificate; nothing is written into manifests/).
 manifests:
-	test -f $(SELF_SIGNED)/tls.crt || $(CARGO) run --quiet --release --bin layerlink -- certs --out $(SELF_SIGNED) \
-	    --dns layerlink.layerlink-system.svc --dns layerlink.layerlink-system.svc.cluster.local >/dev/null
+	$(CARGO) build --quiet --release --bin layerlink
 	mkdir -p dist
-	for o in self-signed cert-manager cluster-wide audit-only; do \
-	    kubectl kustomize manifests/overlays/$$o > dist/layerlink-$$o.yaml; done
+	./target/release/layerlink install > dist/layerlink-self-signed.yaml
+	./target/release/layerlink install --certs cert-manager > dist/layerlink-cert-manager.yaml
+	./target/release/layerlink install --mode cluster-wide > dist/layerlink-cluster-wide.yaml
+	./target/release/layerlink install --mode audit-only > dist/layerlink-audit-only.yaml
 
 ## OCI image layout in dist/image without a container engine; REGISTRY=host:port pushes it.
 image:
 	hack/image.sh
+
+## Release artifacts in dist/: static binaries (musl where available), kubectl-layerlink,
+## install-<mode>.yaml, the OCI image layout and SHA256SUMS; then runs the binaries in an empty
+## chroot (hack/dist-check.sh, needs root).
+dist:
+	hack/dist.sh
 
 clean-certs:
 	rm -f certs/ca.crt certs/tls.crt certs/tls.key

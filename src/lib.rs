@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod install;
 pub mod kinds;
 pub mod logs;
 pub mod manifests;

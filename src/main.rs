@@ -1,14 +1,13 @@
-//! The `layerlink` binary: parses the command line and runs one verb (see `cli`).
+//! The `layerlink` binary: parses the command line and runs one verb (see `cli`). Run as the
+//! kubectl plugin `kubectl-layerlink`, its usage says `kubectl layerlink`.
 
 mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     layerlink::install_crypto_provider();
-    let cli = cli::Cli::parse();
+    let cli: cli::Cli = layerlink::install::parse_cli();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(cli.run())
 }

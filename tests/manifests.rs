@@ -6,8 +6,8 @@
 //! everywhere), the digest policy, the Deployment's security context and probes, the
 //! certificate wiring, and the config in the ConfigMap.
 //!
-//! The self-signed overlay needs the certificate files that `make manifests` writes; the test
-//! renders a scratch copy of `manifests/` with dummy PEM files and never writes into the repo.
+//! The self-signed overlay carries no certificate (`layerlink certs --apply` or `layerlink
+//! install` provides it); tests/install.rs renders every overlay from the tracked files alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -23,14 +23,10 @@ const MODE: &str = "layerlink.io/mode";
 const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 const CERT_MANAGER_CA: &str = "layerlink-system/layerlink-serving";
 
-/// The dummy CA written into the scratch copy; kustomize does not parse PEM.
-const DUMMY_CA: &str = "-----BEGIN CERTIFICATE-----\nZHVtbXkgY2E=\n-----END CERTIFICATE-----\n";
-
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
-/// A scratch copy of `manifests/` with dummy certificates for the self-signed overlay, removed
-/// when dropped.
+/// A scratch copy of `manifests/` (for overlays written by the tests), removed when dropped.
 struct Scratch {
     root: PathBuf,
 }
@@ -45,18 +41,6 @@ impl Scratch {
         ));
         let _ = std::fs::remove_dir_all(&root);
         copy_tree(&repo_manifests(), &root.join("manifests"));
-        let self_signed = root.join("manifests/overlays/self-signed");
-        std::fs::write(self_signed.join("ca.crt"), DUMMY_CA).unwrap();
-        std::fs::write(
-            self_signed.join("tls.crt"),
-            "-----BEGIN CERTIFICATE-----\nZHVtbXkgdGxz\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        std::fs::write(
-            self_signed.join("tls.key"),
-            "-----BEGIN PRIVATE KEY-----\nZHVtbXkga2V5\n-----END PRIVATE KEY-----\n",
-        )
-        .unwrap();
         Scratch { root }
     }
 
@@ -213,24 +197,6 @@ fn webhooks(config: &Value) -> BTreeMap<String, &Value> {
         .collect()
 }
 
-/// Base64 (standard alphabet, padded), to compare a caBundle with the PEM it must carry.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 // Checks shared by every rendering
 
@@ -252,7 +218,8 @@ struct Expect<'a> {
 enum Ca {
     /// base: no caBundle anywhere, no Secret.
     None,
-    /// caBundle copied from the generated Secret's ca.crt.
+    /// Self-signed: the Secret and the caBundle are written after rendering (`layerlink certs
+    /// --apply`), so neither is rendered, and nothing asks cert-manager.
     SelfSigned,
     /// cert-manager injects it: annotation, Certificates, no caBundle.
     CertManager,
@@ -682,20 +649,11 @@ fn check_ca(docs: &[Value], expect: &Expect) {
             assert!(of_kind(docs, "Secret").is_empty(), "{what}: no Secret");
         }
         Ca::SelfSigned => {
-            let secret = find(docs, "Secret", "layerlink-tls");
-            assert_eq!(secret["type"], "kubernetes.io/tls");
-            for key in ["tls.crt", "tls.key", "ca.crt"] {
-                assert!(secret["data"][key].is_string(), "{what}: Secret key {key}");
-            }
-            // kustomize wraps long base64 at 70 columns; the API server's decoder skips the
-            // line breaks, as Go's base64 does.
-            let unwrapped = |v: &Value| v.as_str().map(|s| s.replace(['\n', ' '], ""));
-            let ca = base64(DUMMY_CA.as_bytes());
-            assert_eq!(unwrapped(&secret["data"]["ca.crt"]), Some(ca.clone()));
-            for b in bundles {
-                assert_eq!(unwrapped(b), Some(ca.clone()), "{what}: caBundle is ca.crt");
-            }
+            assert!(bundles.iter().all(|b| b.is_null()), "{what}: caBundle is written by `layerlink certs --apply`");
+            assert!(of_kind(docs, "Secret").is_empty(), "{what}: no certificate in the manifests");
             assert!(of_kind(docs, "Certificate").is_empty());
+            let mutating = find(docs, "MutatingWebhookConfiguration", "layerlink");
+            assert!(annotation(&mutating).is_null(), "{what}: inject-ca-from without cert-manager");
         }
         Ca::CertManager => {
             assert!(bundles.iter().all(|b| b.is_null()), "{what}: caBundle is injected");
@@ -773,7 +731,7 @@ fn base_renders_every_object_and_opts_in_by_label() {
 }
 
 #[test]
-fn self_signed_overlay_carries_the_generated_ca() {
+fn self_signed_overlay_leaves_the_certificate_to_layerlink() {
     let scratch = Scratch::new();
     let docs = scratch.render("overlays/self-signed");
     check_install(
@@ -790,18 +748,8 @@ fn self_signed_overlay_carries_the_generated_ca() {
 }
 
 #[test]
-fn self_signed_overlay_needs_generated_certificates() {
-    // Without `make manifests` the overlay must fail loudly rather than render without TLS.
-    let scratch = Scratch::new();
-    std::fs::remove_file(scratch.manifests().join("overlays/self-signed/tls.key")).unwrap();
-    let status = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(scratch.manifests().join("overlays/self-signed"))
-        .output()
-        .expect("kubectl")
-        .status;
-    assert!(!status.success());
-    // And the repo keeps generated keys out of git.
+fn no_certificate_file_is_left_to_commit() {
+    // Older `make manifests` wrote keys into the overlay: they stay out of git.
     let ignore = std::fs::read_to_string(repo_manifests().join("overlays/self-signed/.gitignore")).unwrap();
     for file in ["tls.key", "tls.crt", "ca.crt"] {
         assert!(ignore.lines().any(|l| l.trim() == file), ".gitignore lacks {file}");
@@ -1127,13 +1075,4 @@ fn dockerfile_runs_nonroot_with_both_binaries() {
     for needle in ["target", "certs"] {
         assert!(ignore.lines().any(|l| l.trim() == needle), ".dockerignore lacks {needle}");
     }
-}
-
-#[test]
-fn base64_matches_kustomize() {
-    assert_eq!(base64(b""), "");
-    assert_eq!(base64(b"f"), "Zg==");
-    assert_eq!(base64(b"fo"), "Zm8=");
-    assert_eq!(base64(b"foo"), "Zm9v");
-    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
 }

@@ -37,6 +37,8 @@ enum Command {
     Layers(layers::Args),
     /// Render the pre-puller DaemonSet for the configured bases.
     Prepuller(prepuller::Args),
+    #[command(flatten)]
+    Install(layerlink::install::Verb),
 }
 
 impl Cli {
@@ -51,6 +53,10 @@ impl Cli {
             Command::Audit(args) => audit::run(args).await,
             Command::Layers(args) => layers::run(args).await,
             Command::Prepuller(args) => prepuller::run(args).await,
+            Command::Install(verb) => {
+                init_text_logs();
+                layerlink::install::run(verb).await
+            }
         };
         result.unwrap_or_else(|e| {
             eprintln!("layerlink: {e}");

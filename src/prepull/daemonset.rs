@@ -17,17 +17,41 @@
 //! Keep it current by re-rendering when the config (or a base's tag) changes and applying the
 //! result (`layerlink prepuller --config … | kubectl apply -f -`, e.g. from CI or a CronJob).
 
+use std::{path::PathBuf, sync::Arc};
+
 use serde_json::{Value, json};
 
 use super::{
-    ANNOTATION, FoundBase, NOOP_IN_TOOLS_IMAGE, VOLUME_PREFIX, annotation_value, image_volume, prepull_container,
-    security_context, tools_container, tools_volume,
+    ANNOTATION, FoundBase, NOOP_IN_TOOLS_IMAGE, VOLUME_PREFIX, annotation_value, configured_bases, image_volume,
+    prepull_container, security_context, tools_container, tools_volume,
 };
-use crate::{Error, config::Strategy};
+use crate::{
+    Config, Engine, Error,
+    config::Strategy,
+    reference::{self, Reference},
+    registry::auth::Keychain,
+};
 
 pub const NAME: &str = "layerlink-prepuller";
 pub const PRIORITY_CLASS: &str = "layerlink-prepull";
 pub const PRIORITY_VALUE: i64 = -10;
+
+/// What the pre-puller is rendered with, besides the config.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The config file `serve` reads (`prepull.bases`, `prepull.toolsImage`, registries).
+    pub config: PathBuf,
+    /// Namespace of the DaemonSet.
+    pub namespace: String,
+    /// An existing PriorityClass to use instead of rendering `layerlink-prepull` (value -10).
+    pub priority_class: Option<String>,
+    /// Tolerate every taint (run on control-plane and dedicated nodes too).
+    pub tolerate_all: bool,
+    /// Taints to tolerate: KEY, KEY=VALUE, KEY:EFFECT or KEY=VALUE:EFFECT.
+    pub tolerations: Vec<String>,
+    /// How many nodes may re-pull at once during a rollout (a count or a percentage).
+    pub max_unavailable: String,
+}
 
 /// Where the PriorityClass comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,6 +228,76 @@ pub fn tolerations(tolerate_all: bool, flags: &[String]) -> Result<Vec<Value>, E
         return Ok(vec![json!({"operator": "Exists"})]);
     }
     flags.iter().map(|t| parse_toleration(t)).collect()
+}
+
+/// The pre-puller's objects with every image pinned, or why a base or the tools image could not
+/// be pinned (then nothing is rendered: a partial DaemonSet would silently stop warming a base).
+pub async fn documents(args: &Options) -> Result<Result<Vec<Value>, Vec<String>>, Error> {
+    let config = Config::load(&args.config)?;
+    let tolerations = tolerations(args.tolerate_all, &args.tolerations)?;
+    if config.prepull.bases.is_empty() {
+        return Err(Error::Config(format!("{}: prepull.bases is empty: nothing to pre-pull", args.config.display())));
+    }
+    let Some(tools) = config.prepull.tools_image.clone() else {
+        return Err(Error::Config(format!(
+            "{}: prepull.toolsImage is not set (the pre-puller runs layerlink-noop from it)",
+            args.config.display()
+        )));
+    };
+    let strategy = config.prepull.strategy;
+    let bases = configured_bases(&config);
+    let engine = Engine::new(config)?;
+    let keychain = Arc::new(Keychain::default());
+    let pin = |written: String| {
+        let engine = &engine;
+        let keychain = &keychain;
+        async move {
+            let reference = Reference::parse(&written)?;
+            if reference.is_pinned() {
+                return Ok(written);
+            }
+            let deadline = crate::engine::Deadline::after(engine.config.resolve.request_timeout);
+            let resolved = engine
+                .resolver
+                .resolve(&reference, keychain, deadline)
+                .await
+                .map_err(|e| crate::registry::clone_error(&e))?;
+            Ok::<_, Error>(reference::pin(&written, &reference, &resolved.digest, engine.config.resolve.keep_tag))
+        }
+    };
+    let pinned_bases = futures::future::join_all(bases.iter().map(|b| pin(b.image.clone())));
+    let (pinned_bases, pinned_tools) = futures::join!(pinned_bases, pin(tools.clone()));
+    let mut problems = Vec::new();
+    let mut found = Vec::new();
+    for (base, pinned) in bases.iter().zip(pinned_bases) {
+        match pinned {
+            Ok(image) => found.push(FoundBase { short: base.short.clone(), image }),
+            Err(e) => problems.push(format!("base {}: {e}", base.image)),
+        }
+    }
+    let tools_image = match pinned_tools {
+        Ok(image) => image,
+        Err(e) => {
+            problems.push(format!("tools image {tools}: {e}"));
+            return Ok(Err(problems));
+        }
+    };
+    if !problems.is_empty() {
+        return Ok(Err(problems));
+    }
+    let priority = match args.priority_class.clone() {
+        Some(name) => Priority::Existing(name),
+        None => Priority::Render,
+    };
+    Ok(Ok(render(&Render {
+        namespace: args.namespace.clone(),
+        bases: found,
+        tools_image,
+        strategy,
+        priority,
+        tolerations,
+        max_unavailable: args.max_unavailable.clone(),
+    })))
 }
 
 #[cfg(test)]

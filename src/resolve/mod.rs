@@ -330,7 +330,7 @@ mod tests {
 
     fn resolver() -> Arc<Resolver> {
         crate::install_crypto_provider();
-        Resolver::new(&Config::default(), Arc::default()).unwrap()
+        Resolver::new(&Config::default(), Arc::new(crate::metrics::Metrics::new(&Config::default()))).unwrap()
     }
 
     /// The race: a review finds the cache empty, another review's lookup then finishes (fills the
