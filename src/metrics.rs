@@ -43,6 +43,11 @@ pub struct RegistryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuditLabels {
     pub namespace: String,
     pub result: &'static str,
@@ -60,6 +65,9 @@ pub struct Metrics {
     pub stale_served: Family<RegistryLabels, Counter>,
     pub audit_findings: Family<AuditLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
+    pub pins: Family<SourceLabels, Counter>,
+    pub sibling_lookups: Family<ResultLabels, Counter>,
+    pub pins_behind: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -123,6 +131,24 @@ impl Default for Metrics {
         );
         let tls_reloads = Family::default();
         registry.register("tls_reloads", "Serving certificate reloads, by result", tls_reloads.clone());
+        let pins = Family::default();
+        registry.register(
+            "pins",
+            "Digests chosen for pods of a controller revision, by source (sibling, cache, registry, stale)",
+            pins.clone(),
+        );
+        let sibling_lookups = Family::default();
+        registry.register(
+            "sibling_lookups",
+            "Lookups of a controller revision's pods, by result (found, empty, error, timeout)",
+            sibling_lookups.clone(),
+        );
+        let pins_behind = Counter::default();
+        registry.register(
+            "pins_behind",
+            "Digests kept from a revision's siblings that differ from what the tag now points at",
+            pins_behind.clone(),
+        );
         Metrics {
             registry,
             admission_requests,
@@ -135,6 +161,9 @@ impl Default for Metrics {
             stale_served,
             audit_findings,
             tls_reloads,
+            pins,
+            sibling_lookups,
+            pins_behind,
         }
     }
 }
