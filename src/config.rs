@@ -26,6 +26,7 @@ pub struct Config {
     pub allow_pod_opt_out: bool,
     pub workloads: Workloads,
     pub prepull: Prepull,
+    pub pins: Pins,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -216,6 +217,21 @@ pub struct Prepull {
     pub platform: Platform,
     /// The image that carries `layerlink-noop` (the layerlink image itself).
     pub tools_image: Option<String>,
+}
+
+/// Rollout-consistent pins: a controller's new pod gets the digests its siblings of the same
+/// revision run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Pins {
+    /// Give a pod the digests its revision's siblings carry (needs `list` on pods).
+    pub sticky: bool,
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Pins { sticky: true }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -719,5 +735,13 @@ mod tests {
         assert!(config.network.deny_cidrs.iter().any(|n| n.contains(&metadata)));
         assert!(!config.allow_pod_opt_out);
         assert!(!config.workloads.templates);
+    }
+
+    #[test]
+    fn sticky_pins_are_on_by_default_and_can_be_turned_off() {
+        assert!(Config::parse("").unwrap().pins.sticky);
+        assert!(!Config::parse("pins: { sticky: false }").unwrap().pins.sticky);
+        let err = Config::parse("pins: { stiky: true }").unwrap_err().to_string();
+        assert!(err.contains("stiky"), "{err}");
     }
 }

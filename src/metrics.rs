@@ -196,6 +196,11 @@ pub struct RegistryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuditLabels {
     pub namespace: NamespaceLabel,
     pub result: &'static str,
@@ -213,6 +218,9 @@ pub struct Metrics {
     pub stale_served: Family<RegistryLabels, Counter>,
     pub audit_findings: Family<AuditLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
+    pub pins: Family<SourceLabels, Counter>,
+    pub sibling_lookups: Family<ResultLabels, Counter>,
+    pub pins_behind: Counter,
     /// Hosts that keep their own `registry` label.
     known_registries: HashSet<Arc<str>>,
     /// Namespaces that have their own `audit_findings` series (at most [`MAX_NAMESPACES`]).
@@ -281,6 +289,24 @@ impl Metrics {
         );
         let tls_reloads = Family::default();
         registry.register("tls_reloads", "Serving certificate reloads, by result", tls_reloads.clone());
+        let pins = Family::default();
+        registry.register(
+            "pins",
+            "Digests chosen for pods of a controller revision, by source (sibling, cache, registry, stale)",
+            pins.clone(),
+        );
+        let sibling_lookups = Family::default();
+        registry.register(
+            "sibling_lookups",
+            "Lookups of a controller revision's pods, by result (found, empty, error, timeout)",
+            sibling_lookups.clone(),
+        );
+        let pins_behind = Counter::default();
+        registry.register(
+            "pins_behind",
+            "Digests kept from a revision's siblings that differ from what the tag now points at",
+            pins_behind.clone(),
+        );
         Metrics {
             registry,
             admission_requests,
@@ -293,6 +319,9 @@ impl Metrics {
             stale_served,
             audit_findings,
             tls_reloads,
+            pins,
+            sibling_lookups,
+            pins_behind,
             known_registries: known_registries(config),
             namespaces: Mutex::default(),
         }

@@ -13,7 +13,7 @@
 //! siblings keep ([`Kept::from_siblings`]), and which sites a kept digest pins
 //! ([`Kept::pin_sites`]). Finding the siblings is `cluster::siblings`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use serde_json::Value;
 
@@ -211,6 +211,59 @@ fn is_digest(digest: &str) -> bool {
     }
 }
 
+/// The most a sibling lookup may take, whatever the budget: the pod still has to be resolved.
+pub const MAX_LOOKUP: Duration = Duration::from_secs(1);
+
+/// How long a review waits for its revision's siblings: a quarter of what is left of its
+/// budget (the rest is for resolving what the siblings do not keep), at most [`MAX_LOOKUP`].
+pub fn lookup_budget(remaining: Duration) -> Duration {
+    (remaining / 4).min(MAX_LOOKUP)
+}
+
+/// Where an engine pin came from, for `layerlink_pins_total`: a stale cached digest served when
+/// the registry failed, the cache, or the registry.
+pub fn source(stale: bool, fresh_in_cache: bool) -> &'static str {
+    match (stale, fresh_in_cache) {
+        (true, _) => "stale",
+        (false, true) => "cache",
+        (false, false) => "registry",
+    }
+}
+
+/// A kept digest that differs from what the tag now points at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Behind {
+    pub container: String,
+    pub image: String,
+    pub kept: String,
+    pub now: String,
+}
+
+/// Whether `kept` (a sibling's digest for `image`) is behind `now` (the tag's digest as far as
+/// the cache knows; None when it does not know).
+pub fn behind(container: &str, image: &str, kept: &str, now: Option<&str>) -> Option<Behind> {
+    let now = now.filter(|now| *now != kept)?;
+    Some(Behind { container: container.into(), image: image.into(), kept: kept.into(), now: now.into() })
+}
+
+impl Behind {
+    /// The kubectl warning (short: Kubernetes truncates warnings past 120 characters).
+    pub fn warning(&self, owner: &str) -> String {
+        format!("layerlink: {} kept on {} ({owner}); tag now {}", self.container, short(&self.kept), short(&self.now))
+    }
+
+    /// `image kept→now`, for the log.
+    pub fn log(&self) -> String {
+        format!("{} {}→{}", self.image, self.kept, self.now)
+    }
+}
+
+/// `sha256:` and the first 12 hex digits.
+pub fn short(digest: &str) -> String {
+    let cut = digest.find(':').map_or(0, |i| i + 1) + 12;
+    if digest.len() > cut { format!("{}…", &digest[..cut]) } else { digest.to_string() }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -336,5 +389,32 @@ mod tests {
         );
         assert_eq!(kept.len(), MAX_KEPT);
         assert!(kept.get("x", "app:1").is_none() && kept.get("y", "app:1").is_none());
+    }
+
+    #[test]
+    fn the_lookup_takes_a_quarter_of_what_is_left_at_most_a_second() {
+        assert_eq!(lookup_budget(Duration::from_millis(1500)), Duration::from_millis(375));
+        assert_eq!(lookup_budget(Duration::from_secs(30)), MAX_LOOKUP);
+        assert_eq!(lookup_budget(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn pins_are_counted_by_source() {
+        assert_eq!(source(true, true), "stale");
+        assert_eq!(source(false, true), "cache");
+        assert_eq!(source(false, false), "registry");
+    }
+
+    #[test]
+    fn a_kept_digest_is_behind_only_when_the_cache_knows_another() {
+        assert_eq!(behind("app", "app:v1", A, Some(A)), None);
+        assert_eq!(behind("app", "app:v1", A, None), None);
+        let b = behind("app", "app:v1", A, Some(B)).unwrap();
+        let warning = b.warning("ReplicaSet/web-7d4b9");
+        assert_eq!(
+            warning,
+            "layerlink: app kept on sha256:aaaaaaaaaaaa… (ReplicaSet/web-7d4b9); tag now sha256:bbbbbbbbbbbb…"
+        );
+        assert!(b.log().contains(A) && b.log().contains(B));
     }
 }

@@ -85,6 +85,7 @@ fn e2e() {
         (14, "layerlink audit lists unpinned pods from the cluster", audit_command),
         (15, "a Deployment's pods pinned, also after a restart and a scale-up", controller_pods),
         (16, "StatefulSet, Job and DaemonSet pods pinned; a rollout pins the moved tag", workload_kinds),
+        (17, "sticky pins: a scale-up after the tag moved keeps the revision's digest", sticky_scale_up),
     ];
     let only: Option<Vec<u32>> = std::env::var("LAYERLINK_E2E_ONLY")
         .ok()
@@ -875,6 +876,51 @@ fn workload_kinds(ctx: &mut Ctx) -> Result<(), String> {
         &all.iter().map(name_of).collect::<Vec<_>>(),
         &restarted.iter().map(name_of).collect(),
     )
+}
+
+/// 17. Sticky pins: a Deployment on `team/sticky:v1`; the tag moves and layerlink restarts (its
+///     cache empty); scaling up gives the new pods the ReplicaSet's first digest, not the tag's
+///     new one, and layerlink's log says the kept digest is behind the tag (controller-created
+///     pods' warnings do not reach kubectl). A StatefulSet scaled up after the move keeps its
+///     revision's digest too. A rollout restart then moves the Deployment to the new digest.
+fn sticky_scale_up(ctx: &mut Ctx) -> Result<(), String> {
+    ctx.install(vec![ctx.standard()])?;
+    let ns = "s17-sticky";
+    ctx.namespace(ns, &[(MODE, "enforce")])?;
+    // A repository of its own: moving team/app:v1 would change what later scenarios expect.
+    ctx.registry.push("team/sticky", "v1", &image("sticky-1"));
+    let first = [("containers/app", ctx.pinned("team/sticky", "v1"))];
+    let app = [("app", ctx.img("team/sticky:v1"))];
+    ctx.kubectl.create(&workload(Kind::Deployment, ns, "web", 1, &[], &app))?;
+    expect_pods_images(&ctx.wait_pods(Kind::Deployment, ns, "web", 1)?, &first)?;
+    ctx.kubectl.create(&workload(Kind::StatefulSet, ns, "db", 1, &[], &app))?;
+    expect_pods_images(&ctx.wait_pods(Kind::StatefulSet, ns, "db", 1)?, &first)?;
+
+    let moved = [("containers/app", ctx.move_tag("team/sticky", "v1", "sticky-2")?)];
+    ctx.layerlink.restart();
+    expect_pods_images(&ctx.scale(Kind::Deployment, ns, "web", 3)?, &first)?;
+    expect_pods_images(&ctx.scale(Kind::StatefulSet, ns, "db", 3)?, &first)?;
+    // The first scale-up's check found the cache empty and refreshed it in the background: a
+    // later pod of the revision is told the kept digest is behind.
+    let (old, new) = (digest_of(&first[0].1), digest_of(&moved[0].1));
+    let deadline = Instant::now() + POD_TIMEOUT;
+    let mut replicas = 3;
+    loop {
+        let log = ctx.layerlink.log();
+        if log.lines().any(|l| l.contains("\"sticky pins\"") && l.contains(&format!("{old}→{new}"))) {
+            break;
+        }
+        ensure(Instant::now() < deadline, format!("no sticky pins log line with {old}→{new}:\n{}", tail(&log, 10)))?;
+        replicas += 1;
+        expect_pods_images(&ctx.scale(Kind::Deployment, ns, "web", replicas)?, &first)?;
+    }
+    let restarted = ctx.rollout_restart(ns, "web", replicas)?;
+    expect_pods_images(&restarted, &moved)
+}
+
+/// The digest of a pinned reference (`…@sha256:…`).
+fn digest_of(pinned: &str) -> &str {
+    pinned.rsplit_once('@').map_or(pinned, |(_, d)| d)
 }
 
 // ---------------------------------------------------------------------------------------------

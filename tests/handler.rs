@@ -132,7 +132,7 @@ async fn audit_findings_are_reported_except_on_a_dry_run() {
     registry.push("team/app", "v1", &image("app"));
     let engine = engine(&format!("registries: [{{ host: \"{host}\", plainHttp: true }}]"));
     let reports = Arc::new(Reports::default());
-    let edges = Edges { reporter: Some(reports.clone()), credentials: None };
+    let edges = Edges { reporter: Some(reports.clone()), ..Edges::default() };
     let mut review = fixtures::with_images("pod-create-simple.json", |_| format!("{host}/team/app:v1"));
 
     review["request"]["dryRun"] = json!(true);

@@ -307,10 +307,14 @@ fn check_rbac(docs: &[Value]) {
         ("secrets".to_string(), read.clone()),
         ("serviceaccounts".to_string(), read),
         ("events".to_string(), set(&["create", "patch"])),
+        ("pods".to_string(), set(&["list"])),
     ]
     .into_iter()
     .collect();
-    assert_eq!(granted, expected, "ClusterRole: least privilege (pull secrets, service accounts, audit Events)");
+    assert_eq!(
+        granted, expected,
+        "ClusterRole: least privilege (pull secrets, service accounts, audit Events, sibling pods)"
+    );
 
     let binding = find(docs, "ClusterRoleBinding", "layerlink");
     assert_eq!(binding["roleRef"]["kind"], "ClusterRole");

@@ -33,6 +33,8 @@ pub trait Credentials: Send + Sync {
 pub struct Edges {
     pub reporter: Option<Arc<dyn Reporter>>,
     pub credentials: Option<Arc<dyn Credentials>>,
+    /// A controller revision's kept digests (sticky pins), when a cluster client exists.
+    pub siblings: Option<Arc<dyn super::sticky::SiblingSource>>,
 }
 
 const API_VERSION_V1: &str = "admission.k8s.io/v1";
@@ -103,6 +105,7 @@ async fn decide(
         return validate(engine, request, sites);
     }
     let deadline = engine.deadline(api_timeout);
+    let mut sticky = sticky_lookup(engine, edges, mode, request, shape, object, deadline).await;
     let keychain = match &edges.credentials {
         // Reading pull secrets shares the review's budget; without them the lookup is anonymous.
         Some(credentials) if !sites.is_empty() => {
@@ -116,7 +119,15 @@ async fn decide(
         }
         _ => Arc::default(),
     };
-    let plan = engine.plan(sites, &keychain, deadline).await;
+    let sites = match &mut sticky {
+        Some(sticky) => sticky.split(engine, sites, &keychain),
+        None => sites,
+    };
+    let mut plan = engine.plan(sites, &keychain, deadline).await;
+    let behind = match (sticky, &edges.siblings) {
+        (Some(sticky), Some(source)) => sticky.finish(engine, &**source, request, mode, &mut plan, &keychain).await,
+        _ => Vec::new(),
+    };
     record_images(engine, mode, &plan);
     match mode {
         Mode::Enforce => {
@@ -128,11 +139,41 @@ async fn decide(
                 Some(pod) => engine.prepull.ops(pod, &plan.pins, &keychain, deadline).await,
                 None => Vec::new(),
             };
-            enforce(engine, request, &plan, extra)
+            with_first_warnings(enforce(engine, request, &plan, extra), behind)
         }
-        Mode::Audit => audit(engine, edges, request, &plan),
+        Mode::Audit => with_first_warnings(audit(engine, edges, request, &plan), behind),
         Mode::Validate => unreachable!("handled above"),
     }
+}
+
+/// The pod's revision and what its siblings keep, when sticky pins apply to this review.
+async fn sticky_lookup(
+    engine: &Engine,
+    edges: &Edges,
+    mode: Mode,
+    request: &AdmissionRequest,
+    shape: sites::Shape,
+    object: &serde_json::Value,
+    deadline: crate::engine::Deadline,
+) -> Option<super::sticky::Sticky> {
+    let source = edges.siblings.as_ref()?;
+    if !super::sticky::applies(engine.config.pins.sticky, mode, &request.operation, shape) {
+        return None;
+    }
+    let revision = crate::pins::Revision::of(request.namespace.as_deref().unwrap_or(""), object)?;
+    Some(super::sticky::Sticky::lookup(engine, &**source, revision, deadline).await)
+}
+
+/// `warnings` before the answer's own, within Kubernetes' limits.
+fn with_first_warnings(
+    (mut response, result): (Response, &'static str),
+    warnings: Vec<String>,
+) -> (Response, &'static str) {
+    if warnings.is_empty() {
+        return (response, result);
+    }
+    let rest = std::mem::take(&mut response.warnings);
+    (response.with_warnings(warnings.into_iter().chain(rest).collect()), result)
 }
 
 fn enforce(

@@ -4,5 +4,6 @@ pub mod fixtures;
 pub mod handler;
 pub mod object;
 pub mod review;
+pub mod sticky;
 
 pub use handler::{Edges, handle};

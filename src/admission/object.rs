@@ -29,7 +29,8 @@ enum Keep {
 const CONTAINER: Keep = Keep::Fields(&[&[("name", Keep::All), ("image", Keep::All)]]);
 const CONTAINERS: Keep = Keep::Each(&CONTAINER);
 
-/// What policy, events and `object_ref` read: names, owners, and the opt-out annotation.
+/// What policy, events and `object_ref` read: names, owners, and the opt-out annotation; and
+/// the labels that find a pod's controller revision (sticky pins).
 const METADATA: Keep = Keep::Fields(&[&[
     ("name", Keep::All),
     ("generateName", Keep::All),
@@ -37,6 +38,7 @@ const METADATA: Keep = Keep::Fields(&[&[
     ("uid", Keep::All),
     ("annotations", Keep::All),
     ("ownerReferences", Keep::All),
+    ("labels", Keep::All),
 ]]);
 
 /// An image volume (`volumes[].image.reference`, Kubernetes ≥ 1.31) and its name.
@@ -299,7 +301,7 @@ mod tests {
         assert_eq!(
             read,
             serde_json::json!({
-                "metadata": {"name": "p", "annotations": {"layerlink.io/skip": "true"}},
+                "metadata": {"name": "p", "labels": {"a": "b"}, "annotations": {"layerlink.io/skip": "true"}},
                 "spec": {
                     "containers": [{"name": "c", "image": "busybox"}],
                     "volumes": [{"name": "v"}],

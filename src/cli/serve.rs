@@ -36,19 +36,20 @@ async fn check_prepull_images(engine: Arc<Engine>) {
     }
 }
 
-/// Pull secrets and audit events when a cluster is reachable (in-cluster or kubeconfig);
+/// Pull secrets, audit events and revisions' siblings (sticky pins) when a cluster is reachable (in-cluster or kubeconfig);
 /// without one the webhook still pins, with `registries[].credentialsFile` credentials only.
 async fn cluster_edges() -> Edges {
     match kube::Client::try_default().await {
         Ok(client) => {
-            tracing::info!("kubernetes client ready: pull secrets and audit events enabled");
+            tracing::info!("kubernetes client ready: pull secrets, audit events and sticky pins enabled");
             Edges {
                 credentials: Some(Arc::new(layerlink::cluster::secrets::PullSecrets::new(client.clone()))),
+                siblings: Some(layerlink::cluster::siblings::Siblings::new(client.clone())),
                 reporter: Some(layerlink::cluster::events::AuditEvents::new(client)),
             }
         }
         Err(e) => {
-            tracing::info!(error = %e, "no kubernetes client: pull secrets and audit events disabled");
+            tracing::info!(error = %e, "no kubernetes client: pull secrets, audit events and sticky pins disabled");
             Edges::default()
         }
     }

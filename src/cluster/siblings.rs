@@ -87,3 +87,14 @@ impl Siblings {
         Ok(Kept::from_siblings(revision, &pods))
     }
 }
+
+#[async_trait::async_trait]
+impl crate::admission::sticky::SiblingSource for Siblings {
+    async fn kept(&self, revision: &Revision) -> Result<Arc<Kept>, Error> {
+        Siblings::kept(self, revision).await
+    }
+
+    async fn remember(&self, revision: &Revision, chosen: &Kept) {
+        Siblings::remember(self, revision, chosen).await
+    }
+}
