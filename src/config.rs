@@ -202,7 +202,7 @@ impl Default for Exclude {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Workloads {
-    /// Pin pod templates in Deployments, StatefulSets, … (off: it fights GitOps, DESIGN 1).
+    /// Pin pod templates in Deployments, StatefulSets, … (off: it fights GitOps; docs/design.md).
     pub templates: bool,
 }
 

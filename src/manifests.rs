@@ -1,6 +1,6 @@
 //! `layerlink mutate -f FILE|-`: pins the images of Pods and workloads in multi-document YAML,
 //! for GitOps pipelines (`kustomize build | layerlink mutate -f -`). Pod templates are always
-//! pinned here, whatever `workloads.templates` says: this is the path DESIGN decision 1 sends
+//! pinned here, whatever `workloads.templates` says: this is the path docs/design.md (*Pods, not templates*) sends
 //! GitOps users to. The engine, config, exclusions and registries are the webhook's.
 //!
 //! # What is kept

@@ -1,7 +1,7 @@
 //! The part of a review's object that layerlink reads, decoded without the rest.
 //!
 //! Decoding a whole pod into a `serde_json::Value` allocates every string, map and array in it,
-//! and it was the largest cost of a warm review (issue 8). The handler only reads a few fields,
+//! and it was the largest cost of a warm review (docs/performance.md). The handler only reads a few fields,
 //! so the object is decoded into a *read-only* `Value` that keeps those and skips everything
 //! else while parsing. Nothing is ever serialized back from it (the response is JSON Patch ops
 //! against the API server's own copy), so nothing can be lost. The one reader that needs the

@@ -1,4 +1,4 @@
-//! Our own thin registry client (DESIGN decision 4): HEAD a manifest for its digest, GET only
+//! Our own thin registry client (docs/design.md, *Our own registry client*): HEAD a manifest for its digest, GET only
 //! when the registry sends no `Docker-Content-Digest`, with the auth challenge flow, per-registry
 //! TLS, mirrors, rate-limit windows, a concurrency limit, and the SSRF guard in front.
 //!
@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// Manifest types we accept, index types first so a multi-arch image pins to its index
-/// (DESIGN decision 2).
+/// (docs/design.md, *The index digest*).
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
