@@ -23,9 +23,9 @@
 //! puts the cluster in `DIR/cluster` (run.sh sets it, and stops that cluster on exit even if
 //! this process is killed); everything `cluster.sh` reads applies.
 
-mod support;
 #[path = "e2e/install_scenario.rs"]
 mod install_scenario;
+mod support;
 
 use std::{
     collections::BTreeMap,

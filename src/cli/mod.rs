@@ -172,6 +172,7 @@ mod tests {
         for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
             let text = std::fs::read_to_string(file).unwrap();
             let mut in_shell = false;
+            let mut joined = String::new();
             for line in text.lines() {
                 if line.starts_with("```") {
                     in_shell = matches!(line.trim_start_matches('`'), "sh" | "bash" | "shell");
@@ -180,7 +181,14 @@ mod tests {
                 if !in_shell {
                     continue;
                 }
-                for command in documented_commands(line) {
+                // A line ending in `\` goes on on the next one.
+                if let Some(start) = line.strip_suffix('\\') {
+                    joined.push_str(start);
+                    continue;
+                }
+                joined.push_str(line);
+                let line = std::mem::take(&mut joined);
+                for command in documented_commands(&line) {
                     Cli::try_parse_from(&command)
                         .unwrap_or_else(|e| panic!("{}: `{}` does not parse:\n{e}", file.display(), command.join(" ")));
                     checked += 1;

@@ -126,7 +126,8 @@ pub fn install_and_uninstall(ctx: &mut Ctx) -> Result<(), String> {
         removed.first().is_some_and(|r| r.starts_with("mutatingwebhookconfiguration layerlink")),
         format!("uninstall must remove the webhook configuration first: {removed:?}"),
     )?;
-    for what in ["validatingwebhookconfiguration layerlink", "deployment layerlink-system/layerlink", "clusterrole layerlink"]
+    for what in
+        ["validatingwebhookconfiguration layerlink", "deployment layerlink-system/layerlink", "clusterrole layerlink"]
     {
         ensure(removed.contains(&what), format!("uninstall did not say it removed {what}: {removed:?}"))?;
     }
@@ -143,7 +144,8 @@ pub fn install_and_uninstall(ctx: &mut Ctx) -> Result<(), String> {
         None,
     )?;
     expect_eq("cluster objects left", &left.stdout.trim(), &"")?;
-    let left = ctx.kubectl.ok(&["-n", NS, "get", "all,configmap,secret,serviceaccount", "-l", MANAGED, "-o", "name"], None)?;
+    let left =
+        ctx.kubectl.ok(&["-n", NS, "get", "all,configmap,secret,serviceaccount", "-l", MANAGED, "-o", "name"], None)?;
     expect_eq("namespaced objects left", &left.stdout.trim(), &"")?;
     // The namespace goes once the namespace controller has emptied it; without one it stays
     // Terminating, which is all the API server can do.
