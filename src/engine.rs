@@ -5,18 +5,13 @@
 //! [`MAX_LOOKUPS`] registry lookups started for it; what is over is reported as a problem that
 //! says so, never dropped silently.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use globset::GlobSet;
 
 use crate::{
     Config, Error,
     metrics::Metrics,
-    patch,
     prepull::Prepull,
     reference::{self, Reference},
     registry::auth::Keychain,
@@ -30,18 +25,10 @@ pub const MAX_IMAGES: usize = 256;
 /// Registry lookups one object may start (cache hits and lookups already running are free).
 pub const MAX_LOOKUPS: usize = 64;
 
-/// When a review must have its answers, and the budget that set it (for messages).
-#[derive(Clone, Copy, Debug)]
-pub struct Deadline {
-    pub at: Instant,
-    pub budget: Duration,
-}
-
-impl Deadline {
-    pub fn after(budget: Duration) -> Self {
-        Deadline { at: Instant::now() + budget, budget }
-    }
-}
+pub use crate::{
+    plan::{Pin, Plan, Problem},
+    resolve::Deadline,
+};
 
 pub struct Engine {
     pub config: Arc<Config>,
@@ -50,34 +37,6 @@ pub struct Engine {
     /// Shared-base detection and injection; its caches live for the life of the engine.
     pub prepull: Prepull,
     excluded_images: GlobSet,
-}
-
-/// An image that will be (or would be) pinned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pin {
-    pub site: Site,
-    pub pinned: String,
-    pub digest: Arc<str>,
-    /// Why a stale cached digest was used, if one was.
-    pub stale: Option<String>,
-}
-
-/// An image that cannot be pinned, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub site: Site,
-    pub reason: String,
-    /// Metric label of the cause.
-    pub cause: &'static str,
-}
-
-/// What the engine found for one object's images.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub pins: Vec<Pin>,
-    pub problems: Vec<Problem>,
-    pub already_pinned: usize,
-    pub excluded: usize,
 }
 
 impl Engine {
@@ -164,12 +123,5 @@ impl Engine {
     fn is_excluded_name(&self, written: &str, name: &str) -> bool {
         !self.excluded_images.is_empty()
             && (self.excluded_images.is_match(written) || self.excluded_images.is_match(name))
-    }
-}
-
-impl Plan {
-    /// `replace` ops for every pin, in site order.
-    pub fn patch(&self) -> json_patch::Patch {
-        json_patch::Patch(self.pins.iter().map(|p| patch::replace(&p.site.pointer, &p.pinned)).collect())
     }
 }

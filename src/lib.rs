@@ -15,6 +15,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod patch;
 pub mod pins;
+pub mod plan;
 pub mod policy;
 pub mod prepull;
 pub mod reference;

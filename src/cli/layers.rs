@@ -46,7 +46,8 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
     };
     let engine = Engine::new(config)?;
     let keychain = Arc::new(Keychain::default());
-    let lookups = args.images.iter().map(|image| image_info(&engine, image, &platform, &keychain));
+    let deadline = layerlink::resolve::Deadline::after(engine.config.resolve.request_timeout);
+    let lookups = args.images.iter().map(|image| image_info(&engine.resolver, image, &platform, &keychain, deadline));
     let results = futures::future::join_all(lookups).await;
     let mut images = Vec::new();
     let mut errors = BTreeMap::new();

@@ -26,10 +26,12 @@ use super::{
     prepull_container, security_context, tools_container, tools_volume,
 };
 use crate::{
-    Config, Engine, Error,
+    Config, Error,
     config::Strategy,
+    metrics::Metrics,
     reference::{self, Reference},
     registry::auth::Keychain,
+    resolve::{Deadline, Resolver},
 };
 
 pub const NAME: &str = "layerlink-prepuller";
@@ -246,23 +248,21 @@ pub async fn documents(args: &Options) -> Result<Result<Vec<Value>, Vec<String>>
     };
     let strategy = config.prepull.strategy;
     let bases = configured_bases(&config);
-    let engine = Engine::new(config)?;
+    let resolver = Resolver::new(&config, Arc::new(Metrics::new(&config)))?;
     let keychain = Arc::new(Keychain::default());
+    let deadline = Deadline::after(config.resolve.request_timeout);
+    let keep_tag = config.resolve.keep_tag;
     let pin = |written: String| {
-        let engine = &engine;
+        let resolver = &resolver;
         let keychain = &keychain;
         async move {
             let reference = Reference::parse(&written)?;
             if reference.is_pinned() {
                 return Ok(written);
             }
-            let deadline = crate::engine::Deadline::after(engine.config.resolve.request_timeout);
-            let resolved = engine
-                .resolver
-                .resolve(&reference, keychain, deadline)
-                .await
-                .map_err(|e| crate::registry::clone_error(&e))?;
-            Ok::<_, Error>(reference::pin(&written, &reference, &resolved.digest, engine.config.resolve.keep_tag))
+            let resolved =
+                resolver.resolve(&reference, keychain, deadline).await.map_err(|e| crate::registry::clone_error(&e))?;
+            Ok::<_, Error>(reference::pin(&written, &reference, &resolved.digest, keep_tag))
         }
     };
     let pinned_bases = futures::future::join_all(bases.iter().map(|b| pin(b.image.clone())));

@@ -15,7 +15,13 @@ use std::{
 use serde::Serialize;
 
 use super::detect::{self, Layer};
-use crate::{Engine, Error, config::Platform, reference::Reference, registry::auth::Keychain};
+use crate::{
+    Error,
+    config::Platform,
+    reference::Reference,
+    registry::auth::Keychain,
+    resolve::{Deadline, Resolver},
+};
 
 /// One image's layers, the input of [`analyze`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -162,27 +168,26 @@ pub fn analyze(platform: &str, images: Vec<ImageInfo>, suggest: bool, errors: BT
     Report { platform: platform.to_string(), images, pairs, suggested_bases, summary, errors }
 }
 
-/// One image's layers for `platform`: its tag resolved (a digest is used as written), then its
-/// manifest (the platform's, for an index) read.
+/// One image's layers for `platform`: its tag resolved by `deadline` (a digest is used as
+/// written), then its manifest (the platform's, for an index) read.
 pub async fn image_info(
-    engine: &Engine,
+    resolver: &Arc<Resolver>,
     image: &str,
     platform: &Platform,
     keychain: &Arc<Keychain>,
+    deadline: Deadline,
 ) -> Result<ImageInfo, Error> {
     let reference = Reference::parse(image)?;
-    let deadline = crate::engine::Deadline::after(engine.config.resolve.request_timeout);
     let digest = match &reference.digest {
         Some(d) => d.clone(),
-        None => engine
-            .resolver
+        None => resolver
             .resolve(&reference, keychain, deadline)
             .await
             .map_err(|e| crate::registry::clone_error(&e))?
             .digest
             .to_string(),
     };
-    let registries = engine.resolver.registries();
+    let registries = resolver.registries();
     let layers = detect::fetch_layers(registries, &reference, &digest, platform, keychain).await?;
     Ok(ImageInfo::new(image.to_string(), layers.digest, layers.manifest_digest, layers.layers))
 }

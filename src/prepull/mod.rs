@@ -11,7 +11,7 @@
 //!
 //! ```ignore
 //! let prepull = Prepull::new(&engine.config, engine.resolver.clone());
-//! // … after `let plan = engine.plan(sites, &keychain, deadline).await;` (`deadline: engine::Deadline`)
+//! // … after `let plan = engine.plan(sites, &keychain, deadline).await;` (`deadline: resolve::Deadline`)
 //! let mut patch = plan.patch();
 //! if mode == Mode::Enforce && request.operation == "CREATE" && request.kind.kind == "Pod"
 //!     && engine.config.prepull.enabled
@@ -40,9 +40,10 @@ use self::detect::{App, Detector, PinnedBase, Verdict};
 use crate::{
     Config,
     config::{Detect, Strategy},
-    engine::{Deadline, Pin},
+    plan::Pin,
     reference::{self, Reference},
     registry::auth::Keychain,
+    resolve::Deadline,
     resolve::Resolver,
     sites::{self, Shape},
 };

@@ -19,6 +19,19 @@
 
 pub mod cache;
 
+/// When a review must have its answers, and the budget that set it (for messages).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: Instant,
+    pub budget: Duration,
+}
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Deadline { at: Instant::now() + budget, budget }
+    }
+}
+
 use std::{
     collections::HashMap,
     sync::{
@@ -38,7 +51,6 @@ use tokio::sync::Semaphore;
 use self::cache::{DigestCache, Key, Lookup, Value};
 use crate::{
     Config, Error,
-    engine::Deadline,
     metrics::Metrics,
     reference::Reference,
     registry::{Registries, auth::Keychain},

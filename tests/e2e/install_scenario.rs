@@ -27,6 +27,12 @@ pub fn install_and_uninstall(ctx: &mut Ctx) -> Result<(), String> {
         cmd.args(args).arg("--kubeconfig").arg(&kubeconfig);
         run_both(&mut cmd)
     };
+    // Earlier scenarios registered webhook configurations named `layerlink` by URL, by hand;
+    // install owns its objects from a clean start (an upgrade from layerlink's own install keeps
+    // its certificate, which this run also shows).
+    for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
+        ctx.kubectl.run(&["delete", kind, "layerlink", "--ignore-not-found"], None);
+    }
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = write_config(work.path(), &ctx.registry.host())?;
     // No kubelet runs the Deployment here: do not wait for it.
