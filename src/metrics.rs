@@ -221,6 +221,7 @@ pub struct Metrics {
     pub pins: Family<SourceLabels, Counter>,
     pub sibling_lookups: Family<ResultLabels, Counter>,
     pub pins_behind: Counter,
+    pub prepull_problems: Counter,
     /// Hosts that keep their own `registry` label.
     known_registries: HashSet<Arc<str>>,
     /// Namespaces that have their own `audit_findings` series (at most [`MAX_NAMESPACES`]).
@@ -301,6 +302,12 @@ impl Metrics {
             "Lookups of a controller revision's pods, by result (found, empty, error, timeout)",
             sibling_lookups.clone(),
         );
+        let prepull_problems = Counter::default();
+        registry.register(
+            "prepull_problems",
+            "Pods that did not get a pre-pull base they are built on, because the tools image or the base could not be pinned",
+            prepull_problems.clone(),
+        );
         let pins_behind = Counter::default();
         registry.register(
             "pins_behind",
@@ -322,6 +329,7 @@ impl Metrics {
             pins,
             sibling_lookups,
             pins_behind,
+            prepull_problems,
             known_registries: known_registries(config),
             namespaces: Mutex::default(),
         }

@@ -179,3 +179,25 @@ async fn image_volumes_are_pinned_and_validated_like_containers() {
     let admitted = answer(&engine, &Edges::default(), Mode::Validate, &review).await;
     assert_eq!(admitted["allowed"], true, "{admitted}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pre_pull_that_cannot_be_done_is_a_warning_on_the_pod() {
+    let registry = Registry::start();
+    let host = registry.host();
+    registry.push("org/base", "1", &image("base"));
+    registry.push("org/app", "v1", &image("app"));
+    let engine = engine(&format!(
+        "registries: [{{ host: \"{host}\", plainHttp: true }}]
+prepull:
+  enabled: true
+  detect: config
+  toolsImage: {host}/org/tools:missing
+  bases: [{{ image: \"{host}/org/base:1\", match: [\"{host}/org/app*\"] }}]"
+    ));
+    let create = fixtures::with_images("pod-create-simple.json", |_| format!("{host}/org/app:v1"));
+    let response = answer(&engine, &Edges::default(), Mode::Enforce, &create).await;
+    assert_eq!(paths(&patch(&response)), ["replace /spec/containers/0/image"], "pinned, nothing injected");
+    let warnings = response["warnings"].to_string();
+    assert!(warnings.contains("org/tools:missing cannot be pinned"), "{warnings}");
+    assert!(engine.metrics.encode().contains("layerlink_prepull_problems_total 1"), "{}", engine.metrics.encode());
+}

@@ -136,8 +136,8 @@ async fn decide(
             // Injection reads the whole pod (volumes, resources, init containers), not just images.
             let whole = if inject { super::object::whole_object(body) } else { None };
             let extra = match &whole {
-                Some(pod) => engine.prepull.ops(pod, &plan.pins, &keychain, deadline).await,
-                None => Vec::new(),
+                Some(pod) => engine.prepull.inject(pod, &plan.pins, &keychain, deadline).await,
+                None => Default::default(),
             };
             with_first_warnings(enforce(engine, request, &plan, extra), behind)
         }
@@ -180,7 +180,7 @@ fn enforce(
     engine: &Engine,
     request: &AdmissionRequest,
     plan: &Plan,
-    prepull: Vec<json_patch::PatchOperation>,
+    prepull: crate::prepull::Injection,
 ) -> (Response, &'static str) {
     let uid = request.uid.as_str();
     let pinned = plan.pins.iter().map(|p| format!("{} → {}", p.site.image, p.digest)).collect::<Vec<_>>().join(", ");
@@ -209,10 +209,15 @@ fn enforce(
         }),
     );
     let mut patch = plan.patch();
-    if !prepull.is_empty() {
-        tracing::info!(uid, object = %request.object_ref(), ops = prepull.len(), "pre-pull injected");
+    if !prepull.ops.is_empty() {
+        tracing::info!(uid, object = %request.object_ref(), ops = prepull.ops.len(), "pre-pull injected");
     }
-    patch.0.extend(prepull);
+    if !prepull.problems.is_empty() {
+        engine.metrics.prepull_problems.inc();
+        tracing::warn!(uid, object = %request.object_ref(), problems = ?prepull.problems, "pre-pull left out");
+        warnings.extend(prepull.problems.iter().map(|p| format!("layerlink: {p}")));
+    }
+    patch.0.extend(prepull.ops);
     let result = if patch.0.is_empty() { "unchanged" } else { "patched" };
     (Response::allow(uid).with_patch(&patch).with_warnings(warnings), result)
 }
