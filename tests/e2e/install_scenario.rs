@@ -64,7 +64,10 @@ pub fn install_and_uninstall(ctx: &mut Ctx) -> Result<(), String> {
         ("mutatingwebhookconfiguration", "", "layerlink"),
         ("validatingwebhookconfiguration", "", "layerlink"),
     ] {
-        let stored = ctx.kubectl.get(resource, if ns.is_empty() { "default" } else { ns }, name)?;
+        let ns = if ns.is_empty() { "default" } else { ns };
+        // kubectl hides managedFields unless asked.
+        let out = ctx.kubectl.ok(&["-n", ns, "get", resource, name, "-o", "json", "--show-managed-fields"], None)?;
+        let stored: Value = serde_json::from_str(&out.stdout).map_err(|e| format!("{resource} {name}: {e}"))?;
         expect_eq(
             &format!("{resource} {name}: managed-by"),
             &stored["metadata"]["labels"]["app.kubernetes.io/managed-by"],
