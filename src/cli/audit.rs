@@ -8,6 +8,8 @@ use layerlink::{
     cluster::audit::{audit_objects, list_objects, render_json, render_table, summary},
 };
 
+use super::Output;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The config file `serve` reads (registries, credentials, exclusions); defaults apply without it.
@@ -24,12 +26,6 @@ pub struct Args {
     /// Objects per list request (the API server's `limit`; later pages follow `continue`).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     page_size: u32,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Output {
-    Table,
-    Json,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode, Error> {

@@ -12,6 +12,8 @@ use layerlink::{
     registry::auth::Keychain,
 };
 
+use super::Output;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The config file `serve` reads (registries, credentials, `prepull.platform`).
@@ -29,12 +31,6 @@ pub struct Args {
     /// Images to compare (tags are resolved; digests are used as written).
     #[arg(required = true)]
     images: Vec<String>,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Output {
-    Table,
-    Json,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode, Error> {

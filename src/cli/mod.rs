@@ -65,6 +65,13 @@ impl Cli {
     }
 }
 
+/// How a report is printed: aligned columns, or JSON for scripts.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
 /// The config at `path`, or the defaults without one.
 fn load_config(path: Option<&Path>) -> Result<Config, Error> {
     match path {
