@@ -7,25 +7,13 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use layerlink::{
-    Config, Engine,
+    Engine,
     admission::{Edges, fixtures, handle, handler::Reporter, review::AdmissionRequest},
     engine::Plan,
     policy::Mode,
 };
 use serde_json::{Value, json};
-use support::{
-    Registry,
-    oci::{Image, layer},
-};
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("etc/os-release", b"ID=test\n")]), layer(&[("app/id", seed.as_bytes())])])
-}
-
-fn engine(yaml: &str) -> Engine {
-    layerlink::install_crypto_provider();
-    Engine::new(Config::parse(yaml).unwrap()).unwrap()
-}
+use support::{Registry, engine, image};
 
 /// The handler's answer to `review`, as JSON (`response` only).
 async fn answer(engine: &Engine, edges: &Edges, mode: Mode, review: &Value) -> Value {

@@ -11,25 +11,13 @@ use std::{
 };
 
 use layerlink::{
-    Config, Engine, Error,
+    Engine, Error,
     admission::{Edges, fixtures, handle, sticky::SiblingSource},
     pins::{Kept, Revision},
     policy::Mode,
 };
 use serde_json::{Value, json};
-use support::{
-    Registry,
-    oci::{Image, layer},
-};
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("etc/os-release", b"ID=test\n")]), layer(&[("app/id", seed.as_bytes())])])
-}
-
-fn engine(yaml: &str) -> Engine {
-    layerlink::install_crypto_provider();
-    Engine::new(Config::parse(yaml).unwrap()).unwrap()
-}
+use support::{Registry, engine, image};
 
 /// How the test's siblings source answers.
 #[derive(Clone, Copy)]

@@ -18,3 +18,14 @@ pub use oci::{Image, Index, Layer, Pushed, layer};
 pub use proxy::{Fault, Listener, Proxy};
 pub use registry::{Auth, Registry, RegistryOptions};
 pub use token::{TokenOptions, TokenServer};
+
+/// A small two-layer test image whose content (so digest) depends on `seed`.
+pub fn image(seed: &str) -> Image {
+    Image::new(vec![layer(&[("etc/os-release", b"ID=test\n")]), layer(&[("app/id", seed.as_bytes())])])
+}
+
+/// An engine for the config text, with the crypto provider installed.
+pub fn engine(yaml: &str) -> layerlink::Engine {
+    layerlink::install_crypto_provider();
+    layerlink::Engine::new(layerlink::Config::parse(yaml).unwrap()).unwrap()
+}
