@@ -324,7 +324,7 @@ async fn mutate_text_reports_problems_by_document() {
     let engine = layerlink::Engine::new(config).unwrap();
     let template = "kind: Service\n---\nkind: Pod\nspec:\n  containers:\n  - {name: a, image: <app>}\n  \
                     - {name: b, image: <host>/team/app:nope}\n";
-    let (text, problems) = layerlink::manifests::mutate_text(&engine, &setup.input(template)).await.unwrap();
+    let (text, problems) = layerlink::mutate_files::mutate_text(&engine, &setup.input(template)).await.unwrap();
     assert_eq!(text, setup.expected(template));
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].site.pointer, "/1/spec/containers/1/image");

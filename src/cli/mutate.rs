@@ -27,7 +27,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
     super::init_text_logs();
     let engine = Engine::new(super::load_config(args.config.as_deref())?)?;
     let text = read_input(&args.file)?;
-    let (output, problems) = layerlink::manifests::mutate_text(&engine, &text).await?;
+    let (output, problems) = layerlink::mutate_files::mutate_text(&engine, &text).await?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(output.as_bytes())?;
     stdout.flush()?;
