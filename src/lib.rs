@@ -20,6 +20,7 @@ pub mod policy;
 pub mod prepull;
 pub mod reference;
 pub mod registry;
+pub mod reports;
 pub mod resolve;
 pub mod server;
 pub mod sites;

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 /// One image field of an object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Site {
     /// RFC 6901 pointer to the `image` string, e.g. `/spec/containers/0/image`.
     pub pointer: String,
