@@ -27,6 +27,7 @@ pub struct Config {
     pub workloads: Workloads,
     pub prepull: Prepull,
     pub pins: Pins,
+    pub reports: Reports,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -234,6 +235,30 @@ impl Default for Pins {
     }
 }
 
+/// PolicyReports (`wgpolicyk8s.io/v1alpha2`) written by one leader-elected replica of `serve`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Reports {
+    /// Write a PolicyReport per reported namespace (needs the PolicyReport CRD and its RBAC).
+    pub policy_reports: bool,
+    /// How often every reported namespace is listed and its report rewritten.
+    #[serde(with = "humantime_serde")]
+    pub scan_interval: Duration,
+    /// The namespaces reported on (a label selector over namespaces); `exclude.namespaces` are
+    /// never reported.
+    pub namespace_selector: String,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Reports {
+            policy_reports: false,
+            scan_interval: Duration::from_secs(3600),
+            namespace_selector: "layerlink.io/mode in (audit,enforce)".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Platform {
@@ -296,7 +321,9 @@ impl Config {
     /// ranges are the documented ones; each has a reason beside it in [`limits`].
     fn validate(&self) -> Result<(), Error> {
         use limits::*;
-        let Config { listen, tls, resolve, cache, registries, network, exclude, workloads: _, prepull, .. } = self;
+        let Config {
+            listen, tls, resolve, cache, registries, network, exclude, workloads: _, prepull, reports, ..
+        } = self;
 
         for (key, address) in [("listen.https", listen.https), ("listen.http", listen.http)] {
             if address.port() == 0 {
@@ -393,6 +420,13 @@ impl Config {
             let why = format!("{:?} is not one of {}", prepull.platform.architecture, ARCHITECTURES.join(", "));
             return refuse("prepull.platform.architecture", why);
         }
+
+        within("reports.scanInterval", reports.scan_interval, SCAN_INTERVAL)?;
+        let selector = &reports.namespace_selector;
+        if selector.trim().is_empty() || selector.len() > MAX_SELECTOR_BYTES || selector.contains(char::is_control) {
+            let why = format!("must be a label selector of 1 to {MAX_SELECTOR_BYTES} bytes on one line");
+            return refuse("reports.namespaceSelector", why);
+        }
         Ok(())
     }
 
@@ -440,6 +474,11 @@ pub mod limits {
     /// Zero caches nothing; at the measured ~256 bytes per entry, 500,000 entries are ~122 MiB,
     /// half of the Deployment's 256Mi memory limit.
     pub const MAX_ENTRIES: RangeInclusive<u64> = 1..=500_000;
+    /// Each scan lists every reported namespace: under 5 s a large cluster's scan would still be
+    /// running when the next starts; past a day results that went stale stay up too long.
+    pub const SCAN_INTERVAL: RangeInclusive<Duration> = secs(5)..=secs(24 * 3600);
+    /// A label selector is sent in a URL's query; a page of it is already unreadable.
+    pub const MAX_SELECTOR_BYTES: usize = 1024;
     /// Mirrors are tried in turn inside one review's budget.
     pub const MAX_MIRRORS: usize = 8;
     /// `GOOS` values, the vocabulary of an OCI image index's `platform.os`.
@@ -735,6 +774,23 @@ mod tests {
         assert!(config.network.deny_cidrs.iter().any(|n| n.contains(&metadata)));
         assert!(!config.allow_pod_opt_out);
         assert!(!config.workloads.templates);
+    }
+
+    #[test]
+    fn reports_are_off_by_default_and_their_interval_is_bounded() {
+        let reports = Config::parse("").unwrap().reports;
+        assert!(!reports.policy_reports);
+        assert_eq!(reports.scan_interval, Duration::from_secs(3600));
+        assert_eq!(reports.namespace_selector, "layerlink.io/mode in (audit,enforce)");
+        let on =
+            Config::parse("reports: { policyReports: true, scanInterval: 5s, namespaceSelector: 'team=a' }").unwrap();
+        assert!(on.reports.policy_reports);
+        assert_eq!(on.reports.scan_interval, Duration::from_secs(5));
+        refused("reports: { scanInterval: 4s }", "reports.scanInterval");
+        refused("reports: { scanInterval: 25h }", "reports.scanInterval");
+        refused("reports: { namespaceSelector: '' }", "reports.namespaceSelector");
+        refused("reports: { namespaceSelector: \"a=b\\nc=d\" }", "reports.namespaceSelector");
+        refused("reports: { policyReport: true }", "policyReport");
     }
 
     #[test]

@@ -1,14 +1,25 @@
-//! `layerlink audit`: running pods and workloads with unpinned images, as a table or JSON
-//! (see `layerlink::cluster::audit`). Read-only.
+//! `layerlink audit`: running pods and workloads with unpinned images, as a table, JSON, or the
+//! PolicyReports `serve` would write (see `layerlink::cluster::audit`, `layerlink::reports`).
+//! Read-only.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use layerlink::{
     Engine, Error,
     cluster::audit::{audit_objects, list_objects, render_json, render_table, summary},
+    reports::{self, Collector},
 };
 
-use super::Output;
+/// How the findings are printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// Aligned columns, one row per unpinned image.
+    Table,
+    /// The rows as a JSON array.
+    Json,
+    /// One `wgpolicyk8s.io/v1alpha2` PolicyReport per namespace (YAML), as `serve` writes them.
+    Policyreport,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,12 +47,33 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
     for note in &skipped {
         eprintln!("layerlink: {note}");
     }
+    if args.output == Output::Policyreport {
+        return print_reports(&engine, &objects, args.namespace).await;
+    }
     let rows = audit_objects(&engine, &objects).await;
     match args.output {
         Output::Table if rows.is_empty() => {}
         Output::Table => print!("{}", render_table(&rows)),
-        Output::Json => println!("{}", render_json(&rows)),
+        Output::Json | Output::Policyreport => println!("{}", render_json(&rows)),
     }
     eprintln!("layerlink: {}", summary(&rows, objects.len()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The PolicyReports of the listed pods, one per namespace that has any (and one for
+/// `namespace` when given, empty if it has none), as YAML.
+async fn print_reports(
+    engine: &Engine,
+    objects: &[(&str, serde_json::Value)],
+    namespace: Option<String>,
+) -> Result<ExitCode, Error> {
+    let mut collector = Collector::default();
+    for (kind, object) in objects {
+        collector.add(&engine.config, kind, object);
+    }
+    let workloads = reports::scan::plan(engine, collector.finish()).await;
+    let built = reports::build(&workloads, &namespace.into_iter().collect::<Vec<_>>(), reports::now());
+    print!("{}", layerlink::prepull::daemonset::to_yaml(&built)?);
+    eprintln!("layerlink: {} report(s) on {} workload(s)", built.len(), workloads.len());
     Ok(ExitCode::SUCCESS)
 }

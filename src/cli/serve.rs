@@ -2,7 +2,15 @@
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
-use layerlink::{Config, Engine, Error, admission::Edges, server::Server};
+use layerlink::{
+    Config, Engine, Error,
+    admission::{Edges, handler::Reporter},
+    reports::{
+        lease::{self, Leader},
+        writer::{Fanout, Writer},
+    },
+    server::Server,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,7 +25,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
     if engine.config.prepull.enabled {
         tokio::spawn(check_prepull_images(engine.clone()));
     }
-    Server { engine, edges: cluster_edges().await }.run().await?;
+    Server { engine: engine.clone(), edges: cluster_edges(&engine).await }.run().await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -36,16 +44,22 @@ async fn check_prepull_images(engine: Arc<Engine>) {
     }
 }
 
-/// Pull secrets, audit events and revisions' siblings (sticky pins) when a cluster is reachable (in-cluster or kubeconfig);
+/// Pull secrets, audit events and revisions' siblings (sticky pins) when a cluster is reachable (in-cluster or kubeconfig),
+/// and the PolicyReport writer when `reports.policyReports` is on;
 /// without one the webhook still pins, with `registries[].credentialsFile` credentials only.
-async fn cluster_edges() -> Edges {
+async fn cluster_edges(engine: &Arc<Engine>) -> Edges {
     match kube::Client::try_default().await {
         Ok(client) => {
             tracing::info!("kubernetes client ready: pull secrets, audit events and sticky pins enabled");
+            let events: Arc<dyn Reporter> = layerlink::cluster::events::AuditEvents::new(client.clone());
+            let reporter = match engine.config.reports.policy_reports {
+                true => Arc::new(Fanout(vec![events, policy_reports(engine, &client)])),
+                false => events,
+            };
             Edges {
                 credentials: Some(Arc::new(layerlink::cluster::secrets::PullSecrets::new(client.clone()))),
-                siblings: Some(layerlink::cluster::siblings::Siblings::new(client.clone())),
-                reporter: Some(layerlink::cluster::events::AuditEvents::new(client)),
+                siblings: Some(layerlink::cluster::siblings::Siblings::new(client)),
+                reporter: Some(reporter),
             }
         }
         Err(e) => {
@@ -53,6 +67,18 @@ async fn cluster_edges() -> Edges {
             Edges::default()
         }
     }
+}
+
+/// Starts leader election and the report writer; the writer is also the reporter that audit-mode
+/// admissions mark their namespace with.
+fn policy_reports(engine: &Arc<Engine>, client: &kube::Client) -> Arc<dyn Reporter> {
+    let leader = Leader::new(lease::identity());
+    let namespace = client.default_namespace().to_string();
+    tracing::info!(identity = %leader.identity, namespace, lease = lease::LEASE_NAME, "reports: PolicyReports on");
+    tokio::spawn(leader.clone().run(client.clone(), namespace));
+    let writer = Writer::new(engine.clone(), client.clone(), leader);
+    tokio::spawn(writer.clone().run());
+    writer
 }
 
 /// JSON lines on stdout, written in batches (see `layerlink::logs`); keep the guard until exit.

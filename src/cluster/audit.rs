@@ -69,6 +69,19 @@ async fn list(
     namespace: Option<&str>,
     page_size: u32,
 ) -> Result<Result<Vec<Value>, String>, Error> {
+    let mut items = Vec::new();
+    Ok(list_each(client, kind, namespace, page_size, |item| items.push(item)).await?.map(|_| items))
+}
+
+/// Hands every object of one kind to `each` page by page, so a caller that keeps only a summary
+/// of each holds one page at a time; Ok(Err(note)) as for [`list`], else Ok(Ok(requests made)).
+pub async fn list_each(
+    client: &kube::Client,
+    kind: &kinds::Kind,
+    namespace: Option<&str>,
+    page_size: u32,
+    mut each: impl FnMut(Value),
+) -> Result<Result<usize, String>, Error> {
     use kube::{api::ApiResource, core::DynamicObject};
     let resource = ApiResource {
         group: kind.group.into(),
@@ -82,8 +95,9 @@ async fn list(
         None => kube::Api::all_with(client.clone(), &resource),
     };
     let mut params = kube::api::ListParams::default().limit(page_size);
-    let mut items = Vec::new();
+    let mut requests = 0;
     loop {
+        requests += 1;
         let page = match api.list(&params).await {
             Ok(page) => page,
             Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
@@ -91,12 +105,12 @@ async fn list(
             }
             Err(e) => return Err(Error::Kube(format!("listing {}: {e}", kind.plural))),
         };
-        for item in &page.items {
-            items.push(serde_json::to_value(item).map_err(|e| Error::Kube(format!("cannot encode an object: {e}")))?);
+        for item in page.items {
+            each(serde_json::to_value(item).map_err(|e| Error::Kube(format!("cannot encode an object: {e}")))?);
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
-            None => return Ok(Ok(items)),
+            None => return Ok(Ok(requests)),
         }
     }
 }

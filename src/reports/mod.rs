@@ -21,6 +21,10 @@
 //! their plans into reports. Listing is `scan`, writing is `writer` (one leader-elected replica,
 //! `lease`).
 
+pub mod lease;
+pub mod scan;
+pub mod writer;
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
@@ -315,6 +319,11 @@ fn report(namespace: &str, results: Vec<Value>) -> Value {
     }
     object["results"] = Value::Array(kept);
     object
+}
+
+/// Seconds since the epoch, for result timestamps.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn size(value: &Value) -> usize {
