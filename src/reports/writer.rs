@@ -5,12 +5,12 @@
 //! audit-mode admissions (never dry runs: the handler does not report them) mark their namespace,
 //! which is rescanned in the next batch ([`BATCH`]). Marking is an insert into a bounded set: no
 //! I/O on the admission path. A rescan lists what the API server has, so a pod another webhook
-//! refused never shows up. Reports are written with server-side apply (field manager
-//! `layerlink`), at most [`WRITES_PER_SECOND`]; a rescan writes only what changed.
+//! refused never shows up. A report is written only when what it says changed (compared with the
+//! stored one, timestamps left out), with server-side apply (field manager `layerlink`), at most
+//! [`WRITES_PER_SECOND`].
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    hash::{Hash, Hasher},
+    collections::BTreeSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -44,13 +44,11 @@ pub struct Writer {
     client: kube::Client,
     leader: Arc<Leader>,
     marked: Mutex<BTreeSet<String>>,
-    /// namespace → fingerprint of the results last written (timestamps left out).
-    written: Mutex<HashMap<String, u64>>,
 }
 
 impl Writer {
     pub fn new(engine: Arc<Engine>, client: kube::Client, leader: Arc<Leader>) -> Arc<Self> {
-        Arc::new(Writer { engine, client, leader, marked: Mutex::default(), written: Mutex::default() })
+        Arc::new(Writer { engine, client, leader, marked: Mutex::default() })
     }
 
     /// Scans and writes for ever; does nothing while another replica leads.
@@ -64,7 +62,6 @@ impl Writer {
             if !self.leader.is_leading() {
                 // On taking over, the new leader scans everything at once.
                 self.marked.lock().unwrap().clear();
-                self.written.lock().unwrap().clear();
                 next_scan = Instant::now();
                 continue;
             }
@@ -87,10 +84,10 @@ impl Writer {
             let started = Instant::now();
             let (mut written, mut requests) = (0, 1);
             for namespace in &namespaces {
-                match self.rescan(namespace, full, &mut last_write).await {
+                match self.rescan(namespace, &mut last_write).await {
                     Ok((wrote, listed)) => {
                         written += usize::from(wrote);
-                        requests += listed + usize::from(wrote);
+                        requests += listed + 1 + usize::from(wrote);
                     }
                     Err(e) => tracing::warn!(namespace, error = %e, "reports: namespace not reported"),
                 }
@@ -109,13 +106,17 @@ impl Writer {
         }
     }
 
-    /// Scans one namespace and writes its report unless it is what was last written (a full scan
-    /// always writes); (written, list requests made).
-    async fn rescan(&self, namespace: &str, full: bool, last_write: &mut Instant) -> Result<(bool, usize), Error> {
+    /// Scans one namespace and writes its report unless the stored one says the same;
+    /// (written, list requests made).
+    async fn rescan(&self, namespace: &str, last_write: &mut Instant) -> Result<(bool, usize), Error> {
         let scanned = scan::namespace(&self.engine, &self.client, namespace).await?;
         let report = super::build(&scanned.workloads, &[namespace.to_string()], super::now()).remove(0);
-        let fingerprint = fingerprint(&report);
-        if !full && self.written.lock().unwrap().get(namespace) == Some(&fingerprint) {
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource());
+        let stored = api
+            .get_opt(super::REPORT_NAME)
+            .await
+            .map_err(|e| Error::Kube(format!("reading the PolicyReport in {namespace}: {e}")))?;
+        if stored.and_then(|s| serde_json::to_value(s).ok()).is_some_and(|s| same(&s, &report)) {
             return Ok((false, scanned.requests));
         }
         let gap = Duration::from_secs(1) / WRITES_PER_SECOND;
@@ -125,8 +126,10 @@ impl Writer {
             return Ok((false, scanned.requests));
         }
         *last_write = Instant::now();
-        apply(&self.client, namespace, &report).await?;
-        self.written.lock().unwrap().insert(namespace.to_string(), fingerprint);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(super::REPORT_NAME, &params, &Patch::Apply(&report))
+            .await
+            .map_err(|e| Error::Kube(format!("writing the PolicyReport in {namespace}: {e}")))?;
         Ok((true, scanned.requests))
     }
 }
@@ -164,25 +167,48 @@ pub fn resource() -> ApiResource {
     }
 }
 
-/// Writes one report with server-side apply, taking over fields another manager holds.
-async fn apply(client: &kube::Client, namespace: &str, report: &Value) -> Result<(), Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(super::REPORT_NAME, &params, &Patch::Apply(report))
-        .await
-        .map(drop)
-        .map_err(|e| Error::Kube(format!("writing the PolicyReport in {namespace}: {e}")))
+/// Whether `stored` says what `built` says: the same results (timestamps left out), summary
+/// and annotations.
+pub fn same(stored: &Value, built: &Value) -> bool {
+    let results = |report: &Value| -> Vec<Value> {
+        let mut results = report["results"].as_array().cloned().unwrap_or_default();
+        for result in &mut results {
+            if let Some(r) = result.as_object_mut() {
+                r.remove("timestamp");
+            }
+        }
+        results
+    };
+    let annotation = |report: &Value| report["metadata"]["annotations"][super::TRUNCATED_ANNOTATION].clone();
+    results(stored) == results(built)
+        && stored["summary"] == built["summary"]
+        && annotation(stored) == annotation(built)
 }
 
-/// A fingerprint of what a report says, its timestamps left out.
-fn fingerprint(report: &Value) -> u64 {
-    let mut report = report.clone();
-    if let Some(results) = report["results"].as_array_mut() {
-        for result in results {
-            result["timestamp"] = Value::Null;
-        }
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn report(result: &str, seconds: i64) -> Value {
+        json!({
+            "metadata": {"name": "layerlink", "resourceVersion": seconds.to_string()},
+            "summary": {"pass": 1, "fail": 0},
+            "results": [{"rule": "images-pinned", "result": result, "timestamp": {"seconds": seconds, "nanos": 0}}],
+        })
     }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    report.to_string().hash(&mut hasher);
-    hasher.finish()
+
+    #[test]
+    fn a_report_that_says_the_same_is_not_rewritten() {
+        assert!(same(&report("pass", 1), &report("pass", 2)));
+        assert!(!same(&report("pass", 1), &report("fail", 1)));
+        let mut summary = report("pass", 1);
+        summary["summary"]["fail"] = json!(1);
+        assert!(!same(&summary, &report("pass", 1)));
+        let mut truncated = report("pass", 1);
+        truncated["metadata"]["annotations"] = json!({ (crate::reports::TRUNCATED_ANNOTATION): "1 of 2 left out" });
+        assert!(!same(&truncated, &report("pass", 1)));
+        assert!(!same(&json!({}), &report("pass", 1)));
+    }
 }
