@@ -25,6 +25,8 @@
 
 #[path = "e2e/install_scenario.rs"]
 mod install_scenario;
+#[path = "e2e/reports_scenario.rs"]
+mod reports_scenario;
 mod support;
 
 use std::{
@@ -89,6 +91,11 @@ fn e2e() {
         (16, "StatefulSet, Job and DaemonSet pods pinned; a rollout pins the moved tag", workload_kinds),
         (17, "sticky pins: a scale-up after the tag moved keeps the revision's digest", sticky_scale_up),
         (18, "layerlink install --apply, a pod pinned, layerlink uninstall", install_scenario::install_and_uninstall),
+        (
+            19,
+            "PolicyReports from one leader: fail, pass, dry run, a pinned workload, takeover",
+            reports_scenario::policy_reports,
+        ),
     ];
     let only: Option<Vec<u32>> = std::env::var("LAYERLINK_E2E_ONLY")
         .ok()
