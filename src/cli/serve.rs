@@ -57,7 +57,7 @@ async fn cluster_edges(engine: &Arc<Engine>) -> Edges {
                 false => events,
             };
             Edges {
-                credentials: Some(Arc::new(layerlink::cluster::secrets::PullSecrets::new(client.clone()))),
+                credentials: Some(Arc::new(layerlink::cluster::secrets::chain(client.clone()))),
                 siblings: Some(layerlink::cluster::siblings::Siblings::new(client)),
                 reporter: Some(reporter),
             }

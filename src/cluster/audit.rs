@@ -103,10 +103,13 @@ pub async fn list_each(
             Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
                 return Ok(Err(format!("cannot list: {} ({})", status.message, status.code)));
             }
-            Err(e) => return Err(Error::Kube(format!("listing {}: {e}", kind.plural))),
+            Err(e) => return Err(Error::kube(format!("listing {}", kind.plural), e)),
         };
         for item in page.items {
-            each(serde_json::to_value(item).map_err(|e| Error::Kube(format!("cannot encode an object: {e}")))?);
+            each(
+                serde_json::to_value(item)
+                    .map_err(|e| Error::Internal(format!("cannot encode a {}: {e}", kind.kind)))?,
+            );
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),

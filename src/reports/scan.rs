@@ -42,7 +42,7 @@ pub async fn plan(
 pub async fn namespaces(engine: &Engine, client: &kube::Client) -> Result<Vec<String>, Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let params = ListParams::default().labels(&engine.config.reports.namespace_selector);
-    let list = api.list_metadata(&params).await.map_err(|e| Error::Kube(format!("listing namespaces: {e}")))?;
+    let list = api.list_metadata(&params).await.map_err(|e| Error::kube("listing namespaces", e))?;
     let mut names: Vec<String> = list
         .items
         .into_iter()

@@ -115,7 +115,7 @@ impl Writer {
         let stored = api
             .get_opt(super::REPORT_NAME)
             .await
-            .map_err(|e| Error::Kube(format!("reading the PolicyReport in {namespace}: {e}")))?;
+            .map_err(|e| Error::kube(format!("reading the PolicyReport in {namespace}"), e))?;
         if stored.and_then(|s| serde_json::to_value(s).ok()).is_some_and(|s| same(&s, &report)) {
             return Ok((false, scanned.requests));
         }
@@ -129,7 +129,7 @@ impl Writer {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(super::REPORT_NAME, &params, &Patch::Apply(&report))
             .await
-            .map_err(|e| Error::Kube(format!("writing the PolicyReport in {namespace}: {e}")))?;
+            .map_err(|e| Error::kube(format!("writing the PolicyReport in {namespace}"), e))?;
         Ok((true, scanned.requests))
     }
 }
