@@ -73,8 +73,16 @@ const NETWORK_POLICY: &str = manifest!("components/network-policy/networkpolicy.
 /// components/policyreport: the PolicyReport CRD and the report writer's RBAC.
 const POLICY_REPORTS: [&str; 2] =
     [manifest!("components/policyreport/crd.yaml"), manifest!("components/policyreport/rbac.yaml")];
-/// What `--policy-reports` adds to the built-in config.
-const POLICY_REPORTS_CONFIG: &str = "reports: { policyReports: true }\n";
+/// What `--policy-reports` adds to the built-in config: the writer on, for the namespaces the
+/// mode's webhooks act on.
+fn policy_reports_config(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Namespaced => "reports: { policyReports: true }\n",
+        Mode::ClusterWide | Mode::AuditOnly => {
+            "reports: { policyReports: true, namespaceSelector: \"layerlink.io/mode!=off\" }\n"
+        }
+    }
+}
 const MONITORING: [&str; 2] =
     [manifest!("monitoring/servicemonitor.yaml"), manifest!("monitoring/prometheusrule.yaml")];
 const DASHBOARD: &str = manifest!("monitoring/grafana-dashboard.json");
@@ -424,7 +432,9 @@ pub fn render(plan: &Plan, bundle: Option<&Bundle>) -> Vec<Value> {
     }
     let config_text = match &plan.config {
         Some(text) => text.clone(),
-        None if plan.policy_reports => BASE_CONFIG.replace(NAMESPACE, &plan.namespace) + POLICY_REPORTS_CONFIG,
+        None if plan.policy_reports => {
+            BASE_CONFIG.replace(NAMESPACE, &plan.namespace) + policy_reports_config(plan.mode)
+        }
         None => BASE_CONFIG.replace(NAMESPACE, &plan.namespace),
     };
     let config = config_map(&plan.namespace, &config_text);
@@ -584,6 +594,13 @@ mod tests {
         let config_map = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
         let config = Config::parse(config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
         assert!(config.reports.policy_reports);
+        // Audit-only audits unlabelled namespaces too: they are reported.
+        assert_eq!(config.reports.namespace_selector, "layerlink.io/mode!=off");
+        plan.mode = Mode::Namespaced;
+        let docs = render(&plan, None);
+        let config_map = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
+        let config = Config::parse(config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
+        assert_eq!(config.reports.namespace_selector, Config::default().reports.namespace_selector);
     }
 
     #[test]
