@@ -241,7 +241,7 @@ fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan
             engine
                 .metrics
                 .audit_findings
-                .get_or_create(&AuditLabels { namespace: engine.metrics.namespace_label(namespace), result })
+                .get_or_create(&AuditLabels { resource_namespace: engine.metrics.namespace_label(namespace), result })
                 .inc_by(count as u64);
         }
     }
