@@ -1,7 +1,8 @@
 //! What Prometheus sees: `/metrics` checked by `promtool` (Debian's `prometheus` package) in the
 //! Prometheus text format and scraped as OpenMetrics by a real Prometheus server; the shipped
 //! alerts checked and unit-tested with `promtool`; every metric and label the dashboard and the
-//! alerts query found in a live scrape, with the target labels a ServiceMonitor adds.
+//! alerts query found in a live scrape, with the target labels a ServiceMonitor adds. And the
+//! log a served review leaves, read back as JSON.
 
 #[path = "support/promql.rs"]
 mod promql;
@@ -296,4 +297,60 @@ async fn prometheus_scrapes_every_metric_and_label_the_dashboard_and_alerts_quer
     assert!(exported.is_empty(), "a label clashes with the target's: {exported:?}");
     let namespaces = prometheus.query("layerlink_audit_findings_total{resource_namespace=\"fixtures\"}").await;
     assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+}
+
+/// The server's JSON log lines whose `uid` is `uid`.
+fn lines_of(log: &str, uid: &str) -> Vec<Value> {
+    log.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .filter(|l| l["uid"] == uid)
+        .collect()
+}
+
+/// Each review leaves one JSON line with real arrays and objects, its owner and duration; a
+/// registry lookup it starts carries its uid; a `/validate` refusal is logged too.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_log_lines_are_structured_json() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("logs"));
+    let host = registry.host();
+    let webhook = Webhook::start(&format!("registries: [{{ host: '{host}', plainHttp: true }}]\n"));
+    let mut review = fixtures::json("pod-create-from-replicaset.json");
+    let containers = &mut review["request"]["object"]["spec"]["containers"];
+    containers[0]["image"] = format!("{host}/team/app:v1").into();
+    let mut missing = containers[0].clone();
+    missing["name"] = "sidecar".into();
+    missing["image"] = format!("{host}/team/missing:v1").into();
+    containers.as_array_mut().unwrap().push(missing);
+    let uid = review["request"]["uid"].as_str().unwrap().to_string();
+    webhook.review("/mutate?timeout=10s", &review).await;
+    let mut denied = review.clone();
+    denied["request"]["uid"] = "validate-uid".into();
+    assert_eq!(webhook.review("/validate", &denied).await["allowed"], false);
+
+    let log = webhook.log_when(|log| log.contains("validate-uid"));
+    let lines = lines_of(&log, &uid);
+    let review_line = lines.iter().find(|l| l["message"] == "review").unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(review_line["decision"], "patched", "{review_line}");
+    assert_eq!(review_line["owner"], serde_json::json!({"kind": "ReplicaSet", "name": "frontend"}), "{review_line}");
+    assert_eq!(review_line["generate_name"], "frontend-", "{review_line}");
+    assert!(review_line["duration_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{review_line}");
+    let pins = review_line["pins"].as_object().unwrap_or_else(|| panic!("pins is not an object: {review_line}"));
+    assert!(pins[&format!("{host}/team/app:v1")].as_str().unwrap().contains("@sha256:"), "{review_line}");
+    let problems = review_line["problems"].as_object().unwrap_or_else(|| panic!("problems: {review_line}"));
+    assert_eq!(problems.keys().collect::<Vec<_>>(), [&format!("{host}/team/missing:v1")], "{review_line}");
+    assert!(
+        lines.iter().any(|l| l["message"] == "lookup failed" && l["image"] == format!("{host}/team/missing:v1")),
+        "no lookup failed line with the review's uid:\n{log}"
+    );
+
+    let refused = lines_of(&log, "validate-uid");
+    let refused = refused.iter().find(|l| l["message"] == "review").unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(refused["decision"], "denied", "{refused}");
+    assert_eq!(refused["object"], "fixtures/frontend-*", "{refused}");
+    assert_eq!(
+        refused["unpinned"],
+        serde_json::json!({"php": format!("{host}/team/app:v1"), "sidecar": format!("{host}/team/missing:v1")}),
+        "{refused}"
+    );
 }

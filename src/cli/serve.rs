@@ -59,9 +59,8 @@ async fn cluster_edges() -> Edges {
 fn init_json_logs() -> layerlink::logs::FlushGuard {
     let (writer, guard) = layerlink::logs::batched(std::io::stdout());
     tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(layerlink::logs::JsonLines)
         .with_writer(writer)
         .with_env_filter(super::env_filter("warn,layerlink=info"))
         .init();
