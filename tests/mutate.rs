@@ -5,20 +5,15 @@
 
 mod support;
 
+use support::image;
+
 use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use support::{
-    Registry,
-    oci::{Image, Index, layer},
-};
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("etc/os-release", b"ID=test\n")]), layer(&[("app/id", seed.as_bytes())])])
-}
+use support::{Registry, oci::Index};
 
 /// A registry with the images the manifests name, and a config file that lists it.
 struct Setup {

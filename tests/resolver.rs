@@ -9,34 +9,24 @@
 
 mod support;
 
+use support::{engine, image};
+
 use std::{
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use layerlink::{
-    Config, Engine, Error,
+    Engine, Error,
     engine::{Deadline, MAX_IMAGES, MAX_LOOKUPS},
     reference::Reference,
     registry::auth::Keychain,
     resolve::MAX_LOOKUPS_IN_FLIGHT,
     sites::Site,
 };
-use support::{
-    Fault, Proxy, Registry,
-    oci::{Image, layer},
-};
+use support::{Fault, Proxy, Registry};
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{Layer, layer::Context, prelude::*};
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("id", seed.as_bytes())])])
-}
-
-fn engine(yaml: &str) -> Engine {
-    layerlink::install_crypto_provider();
-    Engine::new(Config::parse(yaml).unwrap()).unwrap()
-}
 
 async fn resolve(engine: &Engine, image: &str) -> Result<layerlink::resolve::Resolved, Arc<Error>> {
     let reference = Reference::parse(image).unwrap();
@@ -237,6 +227,26 @@ async fn a_stale_digest_is_served_for_transient_failures_only() {
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
     }
+}
+
+/// A registry failure reaches a one-shot caller (`resolve`, `install`, the pre-puller) as the
+/// registry said it, through the shared single-flight answer: host and cause once, kind kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_failure_keeps_its_kind_and_names_the_host_once() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("five-hundred"));
+    let proxy = Proxy::start(registry.addr());
+    let host = proxy.host();
+    let e = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    proxy.set_fault(Fault::Status { code: 500, retry_after: None });
+    let error =
+        e.resolver.pin(&format!("{host}/team/app:v1"), &Arc::default(), Deadline::after(Duration::from_secs(5))).await;
+    let error = error.expect_err("a 500 pins nothing");
+    let text = error.to_string();
+    assert_eq!(error.metric_label(), "registry_error", "{text}");
+    assert!(text.starts_with(&format!("{host}: registry error: ")) && text.contains("500"), "{text}");
+    assert_eq!(text.matches(&host).count(), 1, "{text}");
+    assert_eq!(text.matches("registry error").count(), 1, "{text}");
 }
 
 fn sites(images: impl IntoIterator<Item = String>) -> Vec<Site> {

@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
 }
 
 fn read_input(file: &str) -> Result<String, Error> {
-    let invalid = |message: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    let invalid = Error::Input;
     let (bytes, name) = if file == "-" {
         let mut bytes = Vec::new();
         std::io::stdin().read_to_end(&mut bytes)?;
