@@ -1,5 +1,9 @@
-//! Prometheus metrics (OpenMetrics text on `/metrics`), all prefixed `layerlink_`.
-//! Each family's meaning is documented in the README's metrics table.
+//! Prometheus metrics on `/metrics`, all prefixed `layerlink_`, plus the standard `process_*`
+//! metrics read from `/proc/self` at scrape time. Served as OpenMetrics to a scraper that asks
+//! for it (`Accept: application/openmetrics-text`), else in the Prometheus text format 0.0.4.
+//! Every family is listed with its HELP and TYPE from start-up, before it has a sample, so a
+//! dashboard or alert can tell "nothing happened" from "no such metric".
+//! Each family's meaning is documented in the metrics table of docs/operations.md.
 //!
 //! Every label value comes from a closed set, so no review, image or registry answer can grow
 //! the number of series: an object's kind is one of the kinds layerlink handles, a registry is a
@@ -14,8 +18,15 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 
@@ -202,8 +213,72 @@ pub struct SourceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuditLabels {
-    pub namespace: NamespaceLabel,
+    /// The audited object's namespace. Not `namespace`: Prometheus gives that label the scrape
+    /// target's namespace (the one layerlink runs in) and would rename ours `exported_namespace`.
+    pub resource_namespace: NamespaceLabel,
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+/// A family that is listed (HELP and TYPE) even before its first sample.
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// How `/metrics` is written, chosen from the scraper's `Accept` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4: what `promtool check metrics`, `curl` and older
+    /// scrapers read.
+    Text,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header offers it at least as much as plain text, else the
+    /// Prometheus text format (also with no header at all).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut open_metrics = 0.0_f32;
+        let mut text = 0.0_f32;
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open_metrics = open_metrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if open_metrics > 0.0 && open_metrics >= text { Format::OpenMetrics } else { Format::Text }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
 }
 
 pub struct Metrics {
@@ -235,87 +310,92 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 impl Metrics {
     /// The metrics of a server with this config (its registries keep their own label).
     pub fn new(config: &Config) -> Self {
-        let mut registry = Registry::with_prefix("layerlink");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(Process));
+        let registry = root.sub_registry_with_prefix("layerlink");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "Always 1; the version label is the running layerlink's", build_info);
         let admission_requests = Family::default();
         registry.register(
             "admission_requests",
             "Admission reviews answered, by endpoint, object kind and result",
-            admission_requests.clone(),
+            Listed(admission_requests.clone()),
         );
         let admission_duration =
             Family::<PathLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         registry.register(
             "admission_duration_seconds",
             "Time from request to answer for one admission review",
-            admission_duration.clone(),
+            Listed(admission_duration.clone()),
         );
         let images = Family::default();
-        registry.register("images", "Image fields seen in reviews, by endpoint and outcome", images.clone());
+        registry.register("images", "Image fields seen in reviews, by endpoint and outcome", Listed(images.clone()));
         let cache_lookups = Family::default();
         registry.register(
             "cache_lookups",
             "Digest cache lookups: hit, miss, stale (served past TTL) or negative (cached not-found)",
-            cache_lookups.clone(),
+            Listed(cache_lookups.clone()),
         );
         let registry_requests = Family::default();
         registry.register(
             "registry_requests",
             "HTTP requests to registries, by host, method and status code (or error)",
-            registry_requests.clone(),
+            Listed(registry_requests.clone()),
         );
         let registry_duration =
             Family::<RegistryLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
         registry.register(
             "registry_request_duration_seconds",
             "Duration of HTTP requests to registries",
-            registry_duration.clone(),
+            Listed(registry_duration.clone()),
         );
         let registry_answered_by = Family::default();
         registry.register(
             "registry_answers",
             "Digest lookups answered, by the host that answered (a mirror or the upstream)",
-            registry_answered_by.clone(),
+            Listed(registry_answered_by.clone()),
         );
         let stale_served = Family::default();
         registry.register(
             "stale_served",
             "Digests served from cache past their TTL because the registry failed (stale-if-error)",
-            stale_served.clone(),
+            Listed(stale_served.clone()),
         );
         let audit_findings = Family::default();
         registry.register(
             "audit_findings",
-            "Images reported by audit mode, by namespace and result (would_pin, unresolved)",
-            audit_findings.clone(),
+            "Images reported by audit mode, by the object's namespace (resource_namespace) and result (would_pin, unresolved)",
+            Listed(audit_findings.clone()),
         );
         let tls_reloads = Family::default();
-        registry.register("tls_reloads", "Serving certificate reloads, by result", tls_reloads.clone());
+        registry.register("tls_reloads", "Serving certificate reloads, by result", Listed(tls_reloads.clone()));
         let pins = Family::default();
         registry.register(
             "pins",
             "Digests chosen for pods of a controller revision, by source (sibling, cache, registry, stale)",
-            pins.clone(),
+            Listed(pins.clone()),
         );
         let sibling_lookups = Family::default();
         registry.register(
             "sibling_lookups",
             "Lookups of a controller revision's pods, by result (found, empty, error, timeout)",
-            sibling_lookups.clone(),
+            Listed(sibling_lookups.clone()),
         );
         let prepull_problems = Counter::default();
         registry.register(
             "prepull_problems",
             "Pods that did not get a pre-pull base they are built on, because the tools image or the base could not be pinned",
-            prepull_problems.clone(),
+            Listed(prepull_problems.clone()),
         );
         let pins_behind = Counter::default();
         registry.register(
             "pins_behind",
             "Digests kept from a revision's siblings that differ from what the tag now points at",
-            pins_behind.clone(),
+            Listed(pins_behind.clone()),
         );
         Metrics {
-            registry,
+            registry: root,
             admission_requests,
             admission_duration,
             images,
@@ -337,8 +417,17 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        self.encode_as(Format::OpenMetrics)
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
+            Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry),
+        }
+        .expect("writing to a String cannot fail");
         out
     }
 
@@ -367,7 +456,7 @@ impl Metrics {
         (self.registry_label(host), Code::of(code))
     }
 
-    /// The `namespace` label: one of the first [`MAX_NAMESPACES`] namespace names seen, else
+    /// The `resource_namespace` label: one of the first [`MAX_NAMESPACES`] namespace names seen, else
     /// `other` (also for anything that is not a namespace name).
     pub fn namespace_label(&self, namespace: &str) -> NamespaceLabel {
         if !crate::config::is_dns_label(namespace) {
@@ -383,6 +472,88 @@ impl Metrics {
         let name: Arc<str> = namespace.into();
         seen.insert(name.clone());
         NamespaceLabel(Some(name))
+    }
+}
+
+/// The standard `process_*` metrics of this process, read from `/proc/self` at each scrape
+/// (left out where there is no `/proc`).
+#[derive(Debug)]
+struct Process;
+
+/// Clock ticks per second of the times in `/proc` (`USER_HZ`, 100 on every Linux architecture;
+/// Prometheus' own procfs library assumes the same).
+const USER_HZ: f64 = 100.0;
+
+/// What `/proc` says about this process.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: Option<f64>,
+    start_time_seconds: Option<f64>,
+    resident_bytes: Option<i64>,
+    open_fds: Option<i64>,
+}
+
+impl ProcessStats {
+    fn read() -> ProcessStats {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let mut stats = ProcessStats::parse(&read("/proc/self/stat"), &read("/proc/stat"), &read("/proc/self/status"));
+        stats.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as i64);
+        stats
+    }
+
+    /// From the text of `/proc/self/stat`, `/proc/stat` and `/proc/self/status`.
+    fn parse(stat: &str, system: &str, status: &str) -> ProcessStats {
+        // Fields after the command name, which is in parentheses and may hold spaces: the
+        // first is field 3 (state), so field n is at n - 3.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        let boot_time =
+            system.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|t| t.trim().parse::<f64>().ok());
+        let resident_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+        ProcessStats {
+            cpu_seconds: field(14).zip(field(15)).map(|(user, system)| (user + system) / USER_HZ),
+            start_time_seconds: boot_time.zip(field(22)).map(|(boot, ticks)| boot + ticks / USER_HZ),
+            resident_bytes: resident_kib.map(|kib| kib * 1024),
+            open_fds: None,
+        }
+    }
+}
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = ProcessStats::read();
+        if let Some(seconds) = stats.cpu_seconds {
+            let metric = ConstCounter::new(seconds);
+            metric.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
+        for (name, help, value) in [
+            ("process_resident_memory_bytes", "Resident memory size in bytes", stats.resident_bytes),
+            ("process_open_fds", "Number of open file descriptors", stats.open_fds),
+        ] {
+            if let Some(value) = value {
+                let metric = ConstGauge::new(value);
+                metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+            }
+        }
+        if let Some(seconds) = stats.start_time_seconds {
+            let metric = ConstGauge::new(seconds);
+            metric.encode(encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                None,
+                metric.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 
@@ -450,5 +621,40 @@ mod tests {
         // Those already seen keep their label.
         assert_eq!(metrics.namespace_label("ns-0").0.as_deref(), Some("ns-0"));
         assert_eq!(Metrics::new(&Config::default()).namespace_label("Not_A_Namespace").0, None);
+    }
+
+    #[test]
+    fn open_metrics_only_when_asked_for_at_least_as_much_as_text() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text")), Format::OpenMetrics);
+        for text in [
+            None,
+            Some(""),
+            Some("*/*"),
+            Some("text/plain"),
+            Some("text/plain;version=0.0.4"),
+            Some("application/openmetrics-text;q=0"),
+            Some("application/openmetrics-text;q=0.2,text/plain"),
+            Some("application/openmetrics-text;q=0.2,*/*;q=0.5"),
+            Some("application/json"),
+        ] {
+            assert_eq!(Format::negotiate(text), Format::Text, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn process_stats_from_proc() {
+        // A command name with spaces and parentheses, as the kernel writes it.
+        let stat = "4242 (lay (er) link) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 8 0 12345 100000 2000";
+        let system = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        let status = "Name:\tlayerlink\nVmSize:\t  200000 kB\nVmRSS:\t   30000 kB\n";
+        let stats = ProcessStats::parse(stat, system, status);
+        assert_eq!(stats.cpu_seconds, Some(3.0));
+        assert_eq!(stats.start_time_seconds, Some(1_700_000_000.0 + 123.45));
+        assert_eq!(stats.resident_bytes, Some(30_000 * 1024));
+        assert_eq!(ProcessStats::parse("", "", ""), ProcessStats::default());
+        let live = ProcessStats::read();
+        assert!(live.open_fds.is_some_and(|n| n >= 3) && live.resident_bytes.is_some_and(|b| b > 0), "{live:?}");
     }
 }

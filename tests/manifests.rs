@@ -9,6 +9,9 @@
 //! The self-signed overlay carries no certificate (`layerlink certs --apply` or `layerlink
 //! install` provides it); tests/install.rs renders every overlay from the tracked files alone.
 
+#[path = "support/promql.rs"]
+mod promql;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -987,17 +990,7 @@ fn monitoring_covers_the_documented_metrics() {
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
 
     // Names used in the queries must be documented metrics (histograms via _bucket).
-    let referenced = |text: &str| -> BTreeSet<String> {
-        let mut found = BTreeSet::new();
-        let mut rest = text;
-        while let Some(at) = rest.find("layerlink_") {
-            let tail = &rest[at..];
-            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
-            found.insert(tail[..end].to_string());
-            rest = &tail[end..];
-        }
-        found
-    };
+    let referenced = promql::metrics_in;
     let known = |metric: &str| {
         METRICS.contains(&metric)
             || HISTOGRAMS.iter().any(|h| metric == format!("{h}_bucket") || metric == format!("{h}_count"))
@@ -1014,7 +1007,8 @@ fn monitoring_covers_the_documented_metrics() {
         })
         .collect();
     for (alert, needle) in [
-        ("LayerlinkAdmissionErrors", "layerlink_admission_requests_total"),
+        ("LayerlinkInvalidReviews", "layerlink_admission_requests_total"),
+        ("LayerlinkDenyingUnpinnable", "layerlink_admission_requests_total"),
         ("LayerlinkAdmissionLatencyHigh", "layerlink_admission_duration_seconds_bucket"),
         ("LayerlinkRegistryFailures", "layerlink_registry_requests_total"),
         ("LayerlinkServingStale", "layerlink_stale_served_total"),

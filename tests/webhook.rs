@@ -346,7 +346,7 @@ async fn validate_refuses_unpinned_images_and_audit_never_patches() {
     assert_eq!(would_pin, json!({ format!("{host}/team/app:v1"): format!("{host}/team/app:v1@{digest}") }));
     let metrics = webhook.metrics().await;
     assert!(
-        metrics.contains("layerlink_audit_findings_total{namespace=\"fixtures\",result=\"would_pin\"} 1"),
+        metrics.contains("layerlink_audit_findings_total{resource_namespace=\"fixtures\",result=\"would_pin\"} 1"),
         "{metrics}"
     );
 }
@@ -406,7 +406,9 @@ async fn metric_series_stay_bounded_whatever_the_reviews_name() {
     assert!(over.is_empty(), "{over:#?}; /metrics is {} bytes", metrics.len());
     assert!(metrics.len() < 256 * 1024, "/metrics is {} bytes", metrics.len());
     // What was bounded was counted, as other.
-    for seen in ["kind=\"other\"", "namespace=\"other\"", "layerlink_registry_requests_total{registry=\"other\""] {
+    for seen in
+        ["kind=\"other\"", "resource_namespace=\"other\"", "layerlink_registry_requests_total{registry=\"other\""]
+    {
         assert!(metrics.contains(seen), "no {seen} in {}", &metrics[..metrics.len().min(9000)]);
     }
 }

@@ -7,10 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracing::Instrument;
+
 use super::review::{AdmissionRequest, AdmissionReview, Response, ReviewResponse};
 use crate::{
     Engine,
     engine::Plan,
+    logs,
     metrics::{AuditLabels, ImageLabels, Kind, PathLabels, RequestLabels},
     policy::{self, Decision, Mode},
     registry::auth::Keychain,
@@ -61,7 +64,10 @@ pub async fn handle(
     let Some(request) = review.request else {
         return invalid(engine, path, "", &review.api_version, "the review has no request".into());
     };
-    let (response, result) = decide(engine, edges, mode, &request, body, api_timeout).await;
+    // Every line logged while answering (registry lookups this review starts included) carries
+    // the review's uid.
+    let span = tracing::warn_span!("review", uid = %request.uid);
+    let (response, result) = decide(engine, edges, mode, &request, body, api_timeout, started).instrument(span).await;
     let elapsed = started.elapsed();
     engine.metrics.admission_duration.get_or_create(&PathLabels { path }).observe(elapsed.as_secs_f64());
     engine
@@ -89,6 +95,7 @@ async fn decide(
     request: &AdmissionRequest,
     body: &[u8],
     api_timeout: Option<Duration>,
+    started: Instant,
 ) -> (Response, &'static str) {
     let uid = request.uid.as_str();
     let shape = match policy::decide(&request.subject(), &engine.config) {
@@ -102,7 +109,7 @@ async fn decide(
     let all = sites::find(shape, object);
     let sites = if request.operation == "UPDATE" { sites::changed(all, request.old_object.as_ref()) } else { all };
     if mode == Mode::Validate {
-        return validate(engine, request, sites);
+        return validate(engine, request, sites, started);
     }
     let deadline = engine.deadline(api_timeout);
     let mut sticky = sticky_lookup(engine, edges, mode, request, shape, object, deadline).await;
@@ -139,9 +146,9 @@ async fn decide(
                 Some(pod) => engine.prepull.inject(pod, &plan.pins, &keychain, deadline).await,
                 None => Default::default(),
             };
-            with_first_warnings(enforce(engine, request, &plan, extra), behind)
+            with_first_warnings(enforce(engine, request, &plan, extra, started), behind)
         }
-        Mode::Audit => with_first_warnings(audit(engine, edges, request, &plan), behind),
+        Mode::Audit => with_first_warnings(audit(engine, edges, request, &plan, started), behind),
         Mode::Validate => unreachable!("handled above"),
     }
 }
@@ -181,23 +188,39 @@ fn enforce(
     request: &AdmissionRequest,
     plan: &Plan,
     prepull: crate::prepull::Injection,
+    started: Instant,
 ) -> (Response, &'static str) {
     let uid = request.uid.as_str();
-    let pinned = plan.pins.iter().map(|p| format!("{} → {}", p.site.image, p.digest)).collect::<Vec<_>>().join(", ");
-    let problems =
-        plan.problems.iter().map(|p| format!("{}: {}", p.site.image, p.reason)).collect::<Vec<_>>().join("; ");
+    let (response, decision) = enforce_answer(engine, request, plan, prepull);
+    let pins: BTreeMap<&str, &str> = plan.pins.iter().map(|p| (p.site.image.as_str(), p.pinned.as_str())).collect();
     tracing::info!(
         uid,
         kind = %request.kind.kind,
         object = %request.object_ref(),
+        owner = ?logs::json(&request.owner()),
+        generate_name = ?logs::json(&request.generate_name()),
         operation = %request.operation,
         mode = "enforce",
         dry_run = request.is_dry_run(),
-        %pinned,
-        %problems,
+        decision,
+        pins = ?logs::json(&pins),
+        problems = ?logs::json(&problems_by_image(plan)),
+        duration_ms = millis(started),
         "review"
     );
+    (response, decision)
+}
+
+fn enforce_answer(
+    engine: &Engine,
+    request: &AdmissionRequest,
+    plan: &Plan,
+    prepull: crate::prepull::Injection,
+) -> (Response, &'static str) {
+    let uid = request.uid.as_str();
     if !plan.problems.is_empty() && engine.config.resolve.on_error == crate::config::OnError::Deny {
+        let problems =
+            plan.problems.iter().map(|p| format!("{}: {}", p.site.image, p.reason)).collect::<Vec<_>>().join("; ");
         let message = format!("layerlink: cannot pin {}: {}", plural(plan.problems.len(), "image"), problems);
         return (Response::deny(uid, 403, "Forbidden", message), "denied");
     }
@@ -214,7 +237,12 @@ fn enforce(
     }
     if !prepull.problems.is_empty() {
         engine.metrics.prepull_problems.inc();
-        tracing::warn!(uid, object = %request.object_ref(), problems = ?prepull.problems, "pre-pull left out");
+        tracing::warn!(
+            uid,
+            object = %request.object_ref(),
+            problems = ?logs::json(&prepull.problems.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            "pre-pull left out"
+        );
         warnings.extend(prepull.problems.iter().map(|p| format!("layerlink: {p}")));
     }
     patch.0.extend(prepull.ops);
@@ -222,7 +250,23 @@ fn enforce(
     (Response::allow(uid).with_patch(&patch).with_warnings(warnings), result)
 }
 
-fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan) -> (Response, &'static str) {
+/// Each image that could not be pinned, and why.
+fn problems_by_image(plan: &Plan) -> BTreeMap<&str, &str> {
+    plan.problems.iter().map(|p| (p.site.image.as_str(), p.reason.as_str())).collect()
+}
+
+/// Milliseconds since `started`, to the microsecond.
+fn millis(started: Instant) -> f64 {
+    started.elapsed().as_micros() as f64 / 1000.0
+}
+
+fn audit(
+    engine: &Engine,
+    edges: &Edges,
+    request: &AdmissionRequest,
+    plan: &Plan,
+    started: Instant,
+) -> (Response, &'static str) {
     let uid = request.uid.as_str();
     let namespace = request.namespace.as_deref().unwrap_or_default();
     let mut warnings = Vec::new();
@@ -241,7 +285,7 @@ fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan
             engine
                 .metrics
                 .audit_findings
-                .get_or_create(&AuditLabels { namespace: engine.metrics.namespace_label(namespace), result })
+                .get_or_create(&AuditLabels { resource_namespace: engine.metrics.namespace_label(namespace), result })
                 .inc_by(count as u64);
         }
     }
@@ -249,11 +293,15 @@ fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan
         uid,
         kind = %request.kind.kind,
         object = %request.object_ref(),
+        owner = ?logs::json(&request.owner()),
+        generate_name = ?logs::json(&request.generate_name()),
         operation = %request.operation,
         mode = "audit",
         dry_run = request.is_dry_run(),
-        would_pin = ?would_pin,
-        unresolved = ?unresolved,
+        decision = "audited",
+        would_pin = ?logs::json(&would_pin),
+        unresolved = ?logs::json(&unresolved),
+        duration_ms = millis(started),
         "review"
     );
     // A dry run must have no side effect (sideEffects: NoneOnDryRun).
@@ -273,23 +321,46 @@ fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan
 }
 
 /// `/validate`: refuses images without a digest (the same rule as the ValidatingAdmissionPolicy).
-fn validate(engine: &Engine, request: &AdmissionRequest, sites: Vec<sites::Site>) -> (Response, &'static str) {
+/// A refusal is logged (an allowed review only at debug level).
+fn validate(
+    engine: &Engine,
+    request: &AdmissionRequest,
+    sites: Vec<sites::Site>,
+    started: Instant,
+) -> (Response, &'static str) {
     let uid = request.uid.as_str();
-    let unpinned: Vec<String> = sites
+    let unpinned: Vec<sites::Site> = sites
         .into_iter()
         .filter(|s| !s.image.contains("@sha256:"))
         .filter(|s| match crate::reference::Reference::parse(&s.image) {
             Ok(r) => !engine.is_excluded(&s.image, &r),
             Err(_) => true,
         })
-        .map(|s| format!("{} ({})", s.image, s.container))
         .collect();
     if unpinned.is_empty() {
+        tracing::debug!(uid, object = %request.object_ref(), mode = "validate", decision = "allowed", "review");
         return (Response::allow(uid), "allowed");
     }
+    let by_container: BTreeMap<&str, &str> =
+        unpinned.iter().map(|s| (s.container.as_str(), s.image.as_str())).collect();
+    tracing::info!(
+        uid,
+        kind = %request.kind.kind,
+        object = %request.object_ref(),
+        owner = ?logs::json(&request.owner()),
+        generate_name = ?logs::json(&request.generate_name()),
+        operation = %request.operation,
+        mode = "validate",
+        dry_run = request.is_dry_run(),
+        decision = "denied",
+        unpinned = ?logs::json(&by_container),
+        duration_ms = millis(started),
+        "review"
+    );
+    let listed: Vec<String> = unpinned.iter().map(|s| format!("{} ({})", s.image, s.container)).collect();
     let message = format!(
         "layerlink: images must be pinned by digest (image@sha256:…) in this namespace; unpinned: {}",
-        unpinned.join(", ")
+        listed.join(", ")
     );
     (Response::deny(uid, 403, "Forbidden", message), "denied")
 }

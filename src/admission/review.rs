@@ -58,6 +58,23 @@ impl AdmissionRequest {
         format!("{}/{}", self.namespace.as_deref().unwrap_or(""), name.as_deref().unwrap_or(""))
     }
 
+    /// The object's controller (its ownerReference with `controller: true`, else the first), as
+    /// `{"kind", "name"}` for log lines: a Deployment's pods are found by their ReplicaSet's name.
+    pub fn owner(&self) -> Option<Owner> {
+        let owners = self.object.as_ref()?.pointer("/metadata/ownerReferences")?.as_array()?;
+        let owner = owners
+            .iter()
+            .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
+            .or_else(|| owners.first())?;
+        let field = |key: &str| owner.get(key).and_then(Value::as_str).map(bounded).unwrap_or_default();
+        Some(Owner { kind: field("kind"), name: field("name") })
+    }
+
+    /// The object's `metadata.generateName` (a pod of a ReplicaSet has `web-7d4b9-` and no name yet).
+    pub fn generate_name(&self) -> Option<String> {
+        self.object.as_ref()?.pointer("/metadata/generateName")?.as_str().map(bounded)
+    }
+
     pub fn is_dry_run(&self) -> bool {
         self.dry_run.unwrap_or(false)
     }
@@ -72,6 +89,18 @@ impl AdmissionRequest {
             object: self.object.as_ref(),
         }
     }
+}
+
+/// An object's owner, for log lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub kind: String,
+    pub name: String,
+}
+
+/// At most 253 characters (the longest Kubernetes name) of a name from the wire.
+fn bounded(name: &str) -> String {
+    name.chars().take(253).collect()
 }
 
 /// The review we answer with: always HTTP 200, uid and apiVersion echoed.

@@ -85,9 +85,8 @@ fn policy_reports(engine: &Arc<Engine>, client: &kube::Client) -> Arc<dyn Report
 fn init_json_logs() -> layerlink::logs::FlushGuard {
     let (writer, guard) = layerlink::logs::batched(std::io::stdout());
     tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(layerlink::logs::JsonLines)
         .with_writer(writer)
         .with_env_filter(super::env_filter("warn,layerlink=info"))
         .init();

@@ -47,6 +47,7 @@ use futures::{
 };
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use self::cache::{DigestCache, Key, Lookup, Value};
 use crate::{
@@ -266,6 +267,7 @@ impl Resolver {
         drop(inflight);
         let leave = LeaveOnDrop { resolver: self.clone(), key, image: reference.to_string(), left: false };
         let (reference, keychain) = (reference.clone(), keychain.clone());
+        // In the span of the review that started the lookup: its log lines carry that uid.
         tokio::spawn(async move {
             let (_slot, leave) = (slot, leave);
             let this = &leave.resolver;
@@ -296,7 +298,7 @@ impl Resolver {
             // afresh, and the waiters get an internal error (the channel closes unanswered).
             leave.now();
             let _ = send.send(result);
-        });
+        }.instrument(tracing::Span::current()));
         Flight::Running(answer)
     }
 

@@ -9,7 +9,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::{DefaultBodyLimit, RawQuery, State as Extract},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
     routing::{get, post},
 };
@@ -37,7 +37,8 @@ pub fn admission(state: State) -> Router {
         .with_state(state)
 }
 
-/// The plain HTTP router: `/healthz`, `/readyz`, `/metrics`. `/readyz` fails (503, one line saying
+/// The plain HTTP router: `/healthz`, `/readyz`, `/metrics` (OpenMetrics or the Prometheus text
+/// format, by the `Accept` header). `/readyz` fails (503, one line saying
 /// why) while the server is not serving, and when the resolver cannot serve (see
 /// `Resolver::health`).
 pub fn health(state: State) -> Router {
@@ -60,11 +61,10 @@ pub fn health(state: State) -> Router {
         )
         .route(
             "/metrics",
-            get(|Extract(s): Extract<State>| async move {
-                (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    s.engine.metrics.encode(),
-                )
+            get(|Extract(s): Extract<State>, headers: HeaderMap| async move {
+                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let format = crate::metrics::Format::negotiate(accept);
+                ([(header::CONTENT_TYPE, format.content_type())], s.engine.metrics.encode_as(format))
             }),
         )
         .with_state(state)
