@@ -272,12 +272,13 @@ fn audit(engine: &Engine, edges: &Edges, request: &AdmissionRequest, plan: &Plan
     (response, "audited")
 }
 
-/// `/validate`: refuses images without a digest (the same rule as the ValidatingAdmissionPolicy).
+/// `/validate`: refuses images that are not pinned ([`crate::reference::is_pinned`], the rule the
+/// ValidatingAdmissionPolicy writes as a pattern), unless `exclude.images` matches them.
 fn validate(engine: &Engine, request: &AdmissionRequest, sites: Vec<sites::Site>) -> (Response, &'static str) {
     let uid = request.uid.as_str();
     let unpinned: Vec<String> = sites
         .into_iter()
-        .filter(|s| !s.image.contains("@sha256:"))
+        .filter(|s| !crate::reference::is_pinned(&s.image))
         .filter(|s| match crate::reference::Reference::parse(&s.image) {
             Ok(r) => !engine.is_excluded(&s.image, &r),
             Err(_) => true,
@@ -288,7 +289,7 @@ fn validate(engine: &Engine, request: &AdmissionRequest, sites: Vec<sites::Site>
         return (Response::allow(uid), "allowed");
     }
     let message = format!(
-        "layerlink: images must be pinned by digest (image@sha256:…) in this namespace; unpinned: {}",
+        "layerlink: images must be pinned by digest (image@sha256:… or @sha512:…) in this namespace; unpinned: {}",
         unpinned.join(", ")
     );
     (Response::deny(uid, 403, "Forbidden", message), "denied")
