@@ -217,13 +217,24 @@ pub fn document_sites(value: &Value, config: &Config) -> Vec<Site> {
 }
 
 fn object_sites(kind: &str, object: &Value, config: &Config) -> Vec<Site> {
-    let Some(shape) = sites::shape(kind).filter(|s| *s != Shape::EphemeralContainers) else { return Vec::new() };
+    let Some(shape) = object_shape(kind, object, config) else { return Vec::new() };
     if let Some(reason) = policy::skip_reason(config, shape, object) {
         let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         tracing::info!(kind, name, "left alone: {reason}");
         return Vec::new();
     }
     sites::find(shape, object)
+}
+
+/// Where an object's images are: a declared kind of its group (`workloads.kinds` and the built-in
+/// custom resources, `webhook` or not), else a kind of [`crate::kinds::ALL`].
+fn object_shape<'a>(kind: &str, object: &Value, config: &'a Config) -> Option<Shape<'a>> {
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    match config.workloads.declared_kind(group, kind) {
+        Some(declared) => Some(sites::declared_shape(declared)),
+        None => sites::shape(kind).filter(|s| *s != Shape::EphemeralContainers),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -709,6 +720,42 @@ spec:
         ] {
             assert!(document_sites(&other, &config).is_empty(), "{other}");
         }
+    }
+
+    /// Custom resources: the built-in ones without any config, told apart by API group (a
+    /// Knative Service is not a core Service), and kinds the config declares by pod spec or by
+    /// image pointers.
+    #[test]
+    fn sites_of_declared_kinds() {
+        let template = serde_json::json!({"spec": {"containers": [{"name": "a", "image": "app:v1"}],
+            "volumes": [{"name": "m", "image": {"reference": "models:v1"}}]}});
+        let object = |api_version: &str, kind: &str| {
+            serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"},
+                "spec": {"template": template.clone()}})
+        };
+        let config = Config::default();
+        let pointers = |value: &Value, config: &Config| -> Vec<String> {
+            document_sites(value, config).into_iter().map(|s| s.pointer).collect()
+        };
+        let both = ["/spec/template/spec/containers/0/image", "/spec/template/spec/volumes/0/image/reference"];
+        assert_eq!(pointers(&object("argoproj.io/v1alpha1", "Rollout"), &config), both);
+        assert_eq!(pointers(&object("serving.knative.dev/v1", "Service"), &config), both);
+        assert!(pointers(&object("v1", "Service"), &config).is_empty(), "a core Service has no images");
+        assert!(pointers(&object("example.com/v1", "Rollout"), &config).is_empty(), "another group's Rollout");
+        let config = Config::parse(
+            "workloads:\n  kinds:\n    - { group: example.com, kind: Runner, podSpec: /spec/pod }\n    - { group: example.com, kind: Model, images: [/spec/server/image, /spec/weights~1image] }",
+        )
+        .unwrap();
+        let runner = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Runner",
+            "spec": {"pod": {"initContainers": [{"name": "i", "image": "init:v1"}]}}});
+        assert_eq!(pointers(&runner, &config), ["/spec/pod/initContainers/0/image"]);
+        let model = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Model",
+            "spec": {"server": {"image": "srv:v1"}, "weights/image": "w:v1", "other": {"image": "no:v1"}}});
+        let sites = document_sites(&model, &config);
+        assert_eq!(
+            sites.iter().map(|s| (s.pointer.as_str(), s.image.as_str())).collect::<Vec<_>>(),
+            [("/spec/server/image", "srv:v1"), ("/spec/weights~1image", "w:v1")]
+        );
     }
 
     #[test]

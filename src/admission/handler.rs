@@ -98,9 +98,20 @@ async fn decide(
         }
         Decision::Act(shape) => shape,
     };
-    let object = request.object.as_ref().expect("policy acts only on reviews with an object");
+    // The read-only decoder keeps only the fields of the kinds built in; a declared kind's images
+    // may be anywhere, so its objects are read whole.
+    let whole = match engine.config.workloads.declared_kind(&request.kind.group, &request.kind.kind) {
+        Some(_) => Some(super::object::whole_objects(body)),
+        None => None,
+    };
+    let (object, old_object) = match &whole {
+        Some((Some(object), old)) => (object, old.as_ref()),
+        _ => {
+            (request.object.as_ref().expect("policy acts only on reviews with an object"), request.old_object.as_ref())
+        }
+    };
     let all = sites::find(shape, object);
-    let sites = if request.operation == "UPDATE" { sites::changed(all, request.old_object.as_ref()) } else { all };
+    let sites = if request.operation == "UPDATE" { sites::changed(all, old_object) } else { all };
     if mode == Mode::Validate {
         return validate(engine, request, sites);
     }
@@ -152,7 +163,7 @@ async fn sticky_lookup(
     edges: &Edges,
     mode: Mode,
     request: &AdmissionRequest,
-    shape: sites::Shape,
+    shape: sites::Shape<'_>,
     object: &serde_json::Value,
     deadline: crate::engine::Deadline,
 ) -> Option<super::sticky::Sticky> {

@@ -114,9 +114,10 @@ impl Credentials for PullSecrets {
 }
 
 /// The pod's own pull secret names, and its service account (`default` when unset), read from
-/// the pod spec of an object of this shape (a Pod's `/spec`, a workload's pod template).
+/// the pod spec of an object of this shape (a Pod's `/spec`, a workload's pod template); a kind
+/// with no pod spec has none and the `default` account.
 pub fn secret_names(shape: Shape, object: &Value) -> (Vec<String>, String) {
-    let spec = object.pointer(sites::spec_pointer(shape)).unwrap_or(&Value::Null);
+    let spec = sites::spec_pointer(shape).and_then(|p| object.pointer(p)).unwrap_or(&Value::Null);
     let names = spec
         .get("imagePullSecrets")
         .and_then(Value::as_array)
