@@ -71,7 +71,7 @@ fn report_lines(file: &str, outcome: &layerlink::mutate_files::Outcome) -> Vec<S
 }
 
 fn read_input(file: &str) -> Result<String, Error> {
-    let invalid = |message: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    let invalid = Error::Input;
     let (bytes, name) = if file == "-" {
         let mut bytes = Vec::new();
         std::io::stdin().read_to_end(&mut bytes)?;
