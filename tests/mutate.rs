@@ -403,3 +403,42 @@ spec:
     );
     assert_eq!(strict.code, Some(0), "a ConfigMap's image key is data: {}", strict.stderr);
 }
+
+/// Public manifests as their projects publish them (tests/fixtures/manifests): `mutate -f`
+/// changes nothing but the image values. Docker Hub names reach the test registry as a mirror.
+#[test]
+fn public_manifests_change_only_in_their_image_values() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("registries: [{{ host: docker.io, mirrors: ['{host}'] }}, {{ host: '{host}', plainHttp: true }}]\n"),
+    )
+    .unwrap();
+    for (file, images) in [("argo-rollouts-rollout-canary.yaml", &[("argoproj/rollouts-demo", "blue")][..])] {
+        let digests: Vec<(String, String)> = images
+            .iter()
+            .map(|(name, tag)| (format!("{name}:{tag}"), registry.push(name, tag, &image(name)).digest))
+            .collect();
+        let path = format!("{}/tests/fixtures/manifests/{file}", env!("CARGO_MANIFEST_DIR"));
+        let input = std::fs::read_to_string(&path).unwrap();
+        let run = layerlink(&["mutate", "--config", config.to_str().unwrap(), "-f", &path], None);
+        assert_eq!(run.code, Some(0), "{file}: {}", run.stderr);
+        // Line by line: only lines that carry an image differ, and only by the digest appended.
+        let (before, after): (Vec<&str>, Vec<&str>) = (input.lines().collect(), run.stdout.lines().collect());
+        assert_eq!(before.len(), after.len(), "{file}");
+        let mut changed = 0;
+        for (old, new) in before.iter().zip(&after) {
+            if old != new {
+                let (written, digest) =
+                    digests.iter().find(|(w, _)| old.ends_with(w.as_str())).unwrap_or_else(|| panic!("{file}: {old}"));
+                assert_eq!(*new, format!("{old}@{digest}"), "{file}: {written}");
+                changed += 1;
+            }
+        }
+        assert_eq!(changed, images.len(), "{file}: every image pinned");
+        assert_eq!(run.stdout.len(), input.len() + changed * "@sha256:".len() + changed * 64, "{file}");
+    }
+}
