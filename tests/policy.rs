@@ -110,8 +110,11 @@ fn without_digest(image: &str) -> &str {
     image.split_once('@').map_or(image, |(name, _)| name)
 }
 
+/// A way of writing every image of a pod, by name.
+type Variant = (&'static str, Box<dyn Fn(&str) -> String>);
+
 /// The ways an image may be written that the rule must tell apart.
-fn variants() -> Vec<(&'static str, Box<dyn Fn(&str) -> String>)> {
+fn variants() -> Vec<Variant> {
     vec![
         ("as captured", Box::new(|i: &str| i.to_string())),
         ("tag only", Box::new(|i: &str| without_digest(i).to_string())),

@@ -100,10 +100,8 @@ async fn decide(
     };
     // The read-only decoder keeps only the fields of the kinds built in; a declared kind's images
     // may be anywhere, so its objects are read whole.
-    let whole = match engine.config.workloads.declared_kind(&request.kind.group, &request.kind.kind) {
-        Some(_) => Some(super::object::whole_objects(body)),
-        None => None,
-    };
+    let declared = engine.config.workloads.declared_kind(&request.kind.group, &request.kind.kind);
+    let whole = declared.map(|_| super::object::whole_objects(body));
     let (object, old_object) = match &whole {
         Some((Some(object), old)) => (object, old.as_ref()),
         _ => {
