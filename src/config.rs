@@ -200,11 +200,43 @@ impl Default for Exclude {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "WorkloadsText")]
 pub struct Workloads {
     /// Pin pod templates in Deployments, StatefulSets, … (off: it fights GitOps; docs/design.md).
     pub templates: bool,
+    /// More kinds with images (custom resources), as written.
+    pub kinds: Vec<crate::kinds::Declared>,
+    /// The built-in custom resources with `kinds` over them: what `mutate` and the webhook read.
+    pub declared: Vec<crate::kinds::Declared>,
+}
+
+/// `workloads` as written in the file.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct WorkloadsText {
+    templates: bool,
+    kinds: Vec<crate::kinds::Declared>,
+}
+
+impl From<WorkloadsText> for Workloads {
+    fn from(text: WorkloadsText) -> Self {
+        let declared = crate::kinds::declared(&text.kinds);
+        Workloads { templates: text.templates, kinds: text.kinds, declared }
+    }
+}
+
+impl Default for Workloads {
+    fn default() -> Self {
+        WorkloadsText::default().into()
+    }
+}
+
+impl Workloads {
+    /// The declared kind of an object of `group` and `kind`, if any.
+    pub fn declared_kind(&self, group: &str, kind: &str) -> Option<&crate::kinds::Declared> {
+        self.declared.iter().find(|d| d.matches(group, kind))
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -321,9 +353,7 @@ impl Config {
     /// ranges are the documented ones; each has a reason beside it in [`limits`].
     fn validate(&self) -> Result<(), Error> {
         use limits::*;
-        let Config {
-            listen, tls, resolve, cache, registries, network, exclude, workloads: _, prepull, reports, ..
-        } = self;
+        let Config { listen, tls, resolve, cache, registries, network, exclude, workloads, prepull, reports, .. } = self;
 
         for (key, address) in [("listen.https", listen.https), ("listen.http", listen.http)] {
             if address.port() == 0 {
@@ -354,6 +384,32 @@ impl Config {
             resolve.max_concurrency_per_registry as u64,
             MAX_CONCURRENCY_PER_REGISTRY,
         )?;
+
+        if workloads.kinds.len() > crate::kinds::MAX_DECLARED {
+            return refuse(
+                "workloads.kinds",
+                format!("at most {} kinds, got {}", crate::kinds::MAX_DECLARED, workloads.kinds.len()),
+            );
+        }
+        for (i, entry) in workloads.kinds.iter().enumerate() {
+            let key = format!("workloads.kinds[{i}]");
+            if crate::kinds::is_known(&entry.group, &entry.kind) {
+                return refuse(&key, format!("{} is built in; it needs no declaration", entry.kind));
+            }
+            if workloads.kinds[..i].iter().any(|e| e.matches(&entry.group, &entry.kind)) {
+                return refuse(&key, format!("{}.{} is declared twice", entry.kind, entry.group));
+            }
+        }
+        for (i, entry) in workloads.declared.iter().enumerate() {
+            // Built-in entries come first and are valid; a config entry merged over one is checked
+            // with what it took from it.
+            if let Err(why) = entry.check() {
+                let at = workloads.kinds.iter().position(|e| e.matches(&entry.group, &entry.kind));
+                let key =
+                    at.map_or(format!("workloads.kinds ({} {i})", entry.kind), |at| format!("workloads.kinds[{at}]"));
+                return refuse(&key, why);
+            }
+        }
 
         within("cache.ttl", cache.ttl, CACHE_TTL)?;
         within("cache.negativeTtl", cache.negative_ttl, NEGATIVE_TTL)?;
@@ -661,6 +717,48 @@ mod tests {
             let err = refused(text, key);
             assert!(err.contains("unknown field"), "{err}");
         }
+    }
+
+    /// Pointers and names from `workloads.kinds` are checked and bounded when the config loads.
+    #[test]
+    fn declared_kinds_are_checked_at_load() {
+        let kind = |entry: &str| format!("workloads:\n  kinds:\n    - {entry}");
+        let ok = Config::parse(&kind("{ group: argoproj.io, kind: Rollout, webhook: true }")).unwrap();
+        let rollout = ok.workloads.declared_kind("argoproj.io", "Rollout").unwrap();
+        assert!(rollout.webhook && rollout.plural == "rollouts" && rollout.version == "v1alpha1");
+        assert_eq!(rollout.pod_spec.as_deref(), Some("/spec/template/spec"), "taken from the built-in entry");
+        Config::parse(&kind("{ group: example.com, kind: Model, images: ['/spec/a~0b~1c/image'] }")).unwrap();
+        let long = format!("/{}", "a".repeat(crate::kinds::MAX_POINTER_LEN));
+        let deep = "/a".repeat(crate::kinds::MAX_POINTER_DEPTH + 1);
+        for (entry, why) in [
+            (format!("{{ group: example.com, kind: Runner, podSpec: '{long}' }}"), "longer than"),
+            (format!("{{ group: example.com, kind: Runner, podSpec: '{deep}' }}"), "deeper than"),
+            ("{ group: example.com, kind: Runner, podSpec: spec/pod }".into(), "must start with '/'"),
+            ("{ group: example.com, kind: Runner, podSpec: '/spec//pod' }".into(), "invalid token"),
+            ("{ group: example.com, kind: Runner, podSpec: '/spec/a~2' }".into(), "invalid token"),
+            ("{ group: example.com, kind: Runner, podSpec: \"/spec/\\u0007\" }".into(), "invalid token"),
+            ("{ group: example.com, kind: Runner }".into(), "needs podSpec or images"),
+            ("{ group: example.com, kind: Runner, podSpec: /spec, images: [/spec/image] }".into(), "not both"),
+            ("{ group: example.com, kind: Runner, podSpec: /spec, webhook: true }".into(), "needs version and plural"),
+            ("{ group: Example.com, kind: Runner, podSpec: /spec }".into(), "group"),
+            ("{ group: example.com, kind: 'Run ner', podSpec: /spec }".into(), "kind"),
+            ("{ group: apps, kind: Deployment, podSpec: /spec }".into(), "built in"),
+        ] {
+            let err = refused(&kind(&entry), "workloads.kinds");
+            assert!(err.contains(why), "{entry}: {err}");
+        }
+        assert!(refused(&kind("{ group: a.io, kind: R, podSpec: /spec, pod: /x }"), "pod").contains("unknown field"));
+        let images: Vec<String> = (0..=crate::kinds::MAX_IMAGE_POINTERS).map(|i| format!("/i{i}")).collect();
+        refused(
+            &kind(&format!("{{ group: example.com, kind: M, images: [{}] }}", images.join(", "))),
+            "workloads.kinds",
+        );
+        let many: String = (0..=crate::kinds::MAX_DECLARED)
+            .map(|i| format!("    - {{ group: example.com, kind: K{i}, podSpec: /spec }}\n"))
+            .collect();
+        refused(&format!("workloads:\n  kinds:\n{many}"), "workloads.kinds");
+        let twice = "workloads:\n  kinds:\n    - { group: a.io, kind: K, podSpec: /spec }\n    - { group: a.io, kind: K, podSpec: /x }";
+        assert!(refused(twice, "workloads.kinds[1]").contains("twice"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct PodCredentials<'a> {
 impl<'a> PodCredentials<'a> {
     /// From the pod spec of an object of this shape (a Pod's `/spec`, a workload's template).
     pub fn of(namespace: &'a str, shape: Shape, object: &Value) -> Self {
-        let spec = object.pointer(sites::spec_pointer(shape)).unwrap_or(&Value::Null);
+        let spec = sites::spec_pointer(shape).and_then(|p| object.pointer(p)).unwrap_or(&Value::Null);
         let pull_secrets = spec
             .get("imagePullSecrets")
             .and_then(Value::as_array)

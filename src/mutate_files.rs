@@ -33,9 +33,11 @@
 //! key appears twice. Every rewritten document is parsed again and must equal the original with
 //! only the pinned images changed.
 //!
-//! Images that cannot be resolved are left as they are, with one line per image on stderr
-//! (`layerlink: not pinned IMAGE: reason`), and the exit status is 1 (0 with
-//! `--allow-unresolved`) so CI can gate on it. Documents in a namespace listed in
+//! Images that cannot be resolved are left as they are; [`mutate_report`] gives each one's
+//! location (document, kind/name, line), which the CLI prints one line per place, and the exit
+//! status is 1 (0 with `--allow-unresolved`) so CI can gate on it. Objects of kinds layerlink
+//! does not read (neither built in nor declared in `workloads.kinds`) that have `image` fields are
+//! reported as skipped (`--strict` makes them exit 3). Documents in a namespace listed in
 //! `exclude.namespaces` (by `metadata.namespace`), images matching `exclude.images`, and, with
 //! `allowPodOptOut`, objects annotated `layerlink.io/skip: "true"` are left alone, as the webhook
 //! would leave them.
@@ -70,20 +72,83 @@ fn invalid(message: String) -> Error {
 /// admission path. Errors (invalid YAML, an image that cannot be rewritten in place) name the
 /// document and line, and no text is returned.
 pub async fn mutate_text(engine: &Engine, text: &str) -> Result<(String, Vec<Problem>), Error> {
+    let outcome = mutate_report(engine, text).await?;
+    Ok((outcome.text, outcome.problems.into_iter().map(|p| p.problem).collect()))
+}
+
+/// Where in the input an object is: 1-based document index, its kind and name, and a 1-based line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Location {
+    /// `12: document 3 (Rollout/web)`, or `(Rollout)` for an object without a name: what
+    /// follows `FILE:` in a message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: document {} ({}", self.line, self.document, self.kind)?;
+        if !self.name.is_empty() {
+            write!(f, "/{}", self.name)?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// An image that could not be pinned, and where it is (the line of its value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocatedProblem {
+    pub problem: Problem,
+    pub location: Location,
+}
+
+/// An object of a kind layerlink does not read that has `image` fields: its images are left as
+/// written (declare the kind in `workloads.kinds` to pin them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub api_version: String,
+    /// Where the object starts.
+    pub location: Location,
+    /// How many string-valued `image` fields it has.
+    pub images: usize,
+}
+
+/// What [`mutate_report`] found: the new text, the images it could not pin and the objects it
+/// did not read.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub text: String,
+    pub problems: Vec<LocatedProblem>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// [`mutate_text`], with each problem's location and the objects of unknown kinds that have
+/// `image` fields.
+pub async fn mutate_report(engine: &Engine, text: &str) -> Result<Outcome, Error> {
     let deadline = Deadline::after(engine.config.resolve.request_timeout);
     let keychain = Arc::new(Keychain::default());
     let chunks = split_documents(text);
     let mut documents = Vec::with_capacity(chunks.len());
+    let mut skipped = Vec::new();
     for (index, chunk) in chunks.iter().enumerate() {
         let source = &text[chunk.range.clone()];
         let first_line = chunk.first_line;
         let where_ = || format!("document {} (from line {first_line})", index + 1);
-        let sites = if chunk.content {
+        let (sites, value) = if chunk.content {
             let value = parse_value_at(source, first_line).map_err(|e| invalid(format!("{}: {e}", where_())))?;
-            document_sites(&value, &engine.config)
+            (document_sites(&value, &engine.config), value)
         } else {
-            Vec::new()
+            (Vec::new(), Value::Null)
         };
+        for (pointer, object, images) in unread_objects(&value, &engine.config) {
+            skipped.push(Skipped {
+                api_version: object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string(),
+                location: location_in(source, first_line, index, &value, &pointer),
+                images,
+            });
+        }
         // Refuse what cannot be rewritten before asking any registry (only images that would be).
         let edits: Vec<Edit> = sites
             .iter()
@@ -93,15 +158,15 @@ pub async fn mutate_text(engine: &Engine, text: &str) -> Result<(String, Vec<Pro
         if !edits.is_empty() {
             locate_edits(source, &edits).map_err(|e| invalid(format!("{}: {e}", where_())))?;
         }
-        documents.push((source, sites, where_()));
+        documents.push((source, sites, where_(), first_line, value));
     }
     let plans = futures::future::join_all(
-        documents.iter().map(|(_, sites, _)| engine.plan(sites.clone(), &keychain, deadline)),
+        documents.iter().map(|(_, sites, ..)| engine.plan(sites.clone(), &keychain, deadline)),
     )
     .await;
     let mut output = String::with_capacity(text.len() + 80 * plans.iter().map(|p| p.pins.len()).sum::<usize>());
     let mut problems = Vec::new();
-    for (index, ((source, _, where_), plan)) in documents.into_iter().zip(plans).enumerate() {
+    for (index, ((source, _, where_, first_line, value), plan)) in documents.into_iter().zip(plans).enumerate() {
         for pin in &plan.pins {
             if let Some(why) = &pin.stale {
                 tracing::warn!(image = %pin.site.image, "pinned from a stale cache entry: {why}");
@@ -115,11 +180,88 @@ pub async fn mutate_text(engine: &Engine, text: &str) -> Result<(String, Vec<Pro
             output.push_str(&rewrite_document(source, &edits).map_err(|e| invalid(format!("{where_}: {e}")))?);
         }
         problems.extend(plan.problems.into_iter().map(|mut problem| {
+            let location = location_in(source, first_line, index, &value, &problem.site.pointer);
             problem.site.pointer = format!("/{index}{}", problem.site.pointer);
-            problem
+            LocatedProblem { problem, location }
         }));
     }
-    Ok((output, problems))
+    Ok(Outcome { text: output, problems, skipped })
+}
+
+/// The location of the value at `pointer` in document `index` (0-based) whose text is `source`,
+/// starting on line `first_line`: the line of the value when the parser finds it (else of the
+/// document), and the kind and name of the object holding it (a `List` item's own).
+fn location_in(source: &str, first_line: usize, index: usize, document: &Value, pointer: &str) -> Location {
+    let object = match pointer.strip_prefix("/items/").and_then(|rest| rest.split('/').next()) {
+        Some(item) => document.pointer(&format!("/items/{item}")).unwrap_or(document),
+        None => document,
+    };
+    let text = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    let wanted = HashSet::from([pointer]);
+    let offset = locate(source, &wanted)
+        .ok()
+        .and_then(|found| found.get(pointer).and_then(|nodes| nodes.first()).map(|n| n.range.start))
+        .unwrap_or_else(|| content_start(source));
+    Location {
+        document: index + 1,
+        kind: text("/kind"),
+        name: text("/metadata/name"),
+        line: first_line + source[..offset].matches('\n').count(),
+    }
+}
+
+/// The offset of a document's first line of content, past blank and comment lines, directives
+/// and its `---` marker.
+fn content_start(source: &str) -> usize {
+    let mut offset = 0;
+    for line in source.split_inclusive('\n') {
+        let t = line.trim();
+        let marker = t == "---" || t.starts_with("--- #");
+        if !(t.is_empty() || t.starts_with('#') || t.starts_with('%') || marker) {
+            break;
+        }
+        offset += line.len();
+    }
+    offset.min(source.len())
+}
+
+/// Kinds whose `image` keys are data, not images a node pulls.
+const NOT_WORKLOADS: &[&str] = &["ConfigMap", "Secret", "CustomResourceDefinition"];
+
+/// The objects of a document (itself, or a `List`'s items) that layerlink does not read but that
+/// have string-valued `image` fields: (pointer of the object, the object, how many).
+fn unread_objects<'v>(document: &'v Value, config: &Config) -> Vec<(String, &'v Value, usize)> {
+    let Some(kind) = document.get("kind").and_then(Value::as_str) else { return Vec::new() };
+    if let (Some(items), Some(list_of)) = (document.get("items").and_then(Value::as_array), kind.strip_suffix("List")) {
+        return items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| {
+                let kind = item.get("kind").and_then(Value::as_str).unwrap_or(list_of);
+                object_shape(kind, item, config).is_none() && !NOT_WORKLOADS.contains(&kind)
+            })
+            .map(|(i, item)| (format!("/items/{i}"), item, count_images(item)))
+            .filter(|(_, _, n)| *n > 0)
+            .collect();
+    }
+    if object_shape(kind, document, config).is_some() || NOT_WORKLOADS.contains(&kind) {
+        return Vec::new();
+    }
+    match count_images(document) {
+        0 => Vec::new(),
+        n => vec![(String::new(), document, n)],
+    }
+}
+
+/// String-valued `image` keys anywhere in `value` (bounded by the document, already parsed).
+fn count_images(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => {
+            map.iter().map(|(key, v)| if key == "image" && v.is_string() { 1 } else { count_images(v) }).sum()
+        }
+        Value::Array(items) => items.iter().map(count_images).sum(),
+        _ => 0,
+    }
 }
 
 fn parse_value(source: &str) -> Result<Value, String> {
@@ -217,13 +359,24 @@ pub fn document_sites(value: &Value, config: &Config) -> Vec<Site> {
 }
 
 fn object_sites(kind: &str, object: &Value, config: &Config) -> Vec<Site> {
-    let Some(shape) = sites::shape(kind).filter(|s| *s != Shape::EphemeralContainers) else { return Vec::new() };
+    let Some(shape) = object_shape(kind, object, config) else { return Vec::new() };
     if let Some(reason) = policy::skip_reason(config, shape, object) {
         let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         tracing::info!(kind, name, "left alone: {reason}");
         return Vec::new();
     }
     sites::find(shape, object)
+}
+
+/// Where an object's images are: a declared kind of its group (`workloads.kinds` and the built-in
+/// custom resources, `webhook` or not), else a kind of [`crate::kinds::ALL`].
+fn object_shape<'a>(kind: &str, object: &Value, config: &'a Config) -> Option<Shape<'a>> {
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    match config.workloads.declared_kind(group, kind) {
+        Some(declared) => Some(sites::declared_shape(declared)),
+        None => sites::shape(kind).filter(|s| *s != Shape::EphemeralContainers),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -709,6 +862,42 @@ spec:
         ] {
             assert!(document_sites(&other, &config).is_empty(), "{other}");
         }
+    }
+
+    /// Custom resources: the built-in ones without any config, told apart by API group (a
+    /// Knative Service is not a core Service), and kinds the config declares by pod spec or by
+    /// image pointers.
+    #[test]
+    fn sites_of_declared_kinds() {
+        let template = serde_json::json!({"spec": {"containers": [{"name": "a", "image": "app:v1"}],
+            "volumes": [{"name": "m", "image": {"reference": "models:v1"}}]}});
+        let object = |api_version: &str, kind: &str| {
+            serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "x"},
+                "spec": {"template": template.clone()}})
+        };
+        let config = Config::default();
+        let pointers = |value: &Value, config: &Config| -> Vec<String> {
+            document_sites(value, config).into_iter().map(|s| s.pointer).collect()
+        };
+        let both = ["/spec/template/spec/containers/0/image", "/spec/template/spec/volumes/0/image/reference"];
+        assert_eq!(pointers(&object("argoproj.io/v1alpha1", "Rollout"), &config), both);
+        assert_eq!(pointers(&object("serving.knative.dev/v1", "Service"), &config), both);
+        assert!(pointers(&object("v1", "Service"), &config).is_empty(), "a core Service has no images");
+        assert!(pointers(&object("example.com/v1", "Rollout"), &config).is_empty(), "another group's Rollout");
+        let config = Config::parse(
+            "workloads:\n  kinds:\n    - { group: example.com, kind: Runner, podSpec: /spec/pod }\n    - { group: example.com, kind: Model, images: [/spec/server/image, /spec/weights~1image] }",
+        )
+        .unwrap();
+        let runner = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Runner",
+            "spec": {"pod": {"initContainers": [{"name": "i", "image": "init:v1"}]}}});
+        assert_eq!(pointers(&runner, &config), ["/spec/pod/initContainers/0/image"]);
+        let model = serde_json::json!({"apiVersion": "example.com/v1", "kind": "Model",
+            "spec": {"server": {"image": "srv:v1"}, "weights/image": "w:v1", "other": {"image": "no:v1"}}});
+        let sites = document_sites(&model, &config);
+        assert_eq!(
+            sites.iter().map(|s| (s.pointer.as_str(), s.image.as_str())).collect::<Vec<_>>(),
+            [("/spec/server/image", "srv:v1"), ("/spec/weights~1image", "w:v1")]
+        );
     }
 
     #[test]

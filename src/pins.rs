@@ -159,7 +159,9 @@ impl Kept {
     /// Keeps `digest` for (container, written) unless one is kept already (the first wins: a
     /// revision's pins never change once chosen).
     pub fn keep(&mut self, container: &str, written: &str, digest: &str) {
-        if self.digests.len() >= MAX_KEPT || !is_digest(digest) {
+        // A sibling's image is the API server's copy, but whoever could create pods wrote it, so it
+        // is checked like any input.
+        if self.digests.len() >= MAX_KEPT || !crate::reference::is_digest(digest) {
             return;
         }
         self.digests.entry((container.to_string(), written.to_string())).or_insert_with(|| digest.into());
@@ -195,19 +197,6 @@ impl Kept {
         for ((container, written), digest) in &other.digests {
             self.keep(container, written, digest);
         }
-    }
-}
-
-/// `algorithm:hex` with a known algorithm and length: a sibling's image is the API server's
-/// copy, but it was written by whoever could create pods, so it is checked like any input.
-fn is_digest(digest: &str) -> bool {
-    let hex_of = |len: usize, hex: &str| {
-        hex.len() == len && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    match digest.split_once(':') {
-        Some(("sha256", hex)) => hex_of(64, hex),
-        Some(("sha512", hex)) => hex_of(128, hex),
-        _ => false,
     }
 }
 

@@ -34,34 +34,45 @@ impl Mode {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<'a> {
     /// Allowed unchanged, for this reason (logged at debug).
     Skip(String),
     /// Look at the images of an object of this shape.
-    Act(Shape),
+    Act(Shape<'a>),
 }
 
 /// What [`decide`] reads of an admission request.
 #[derive(Clone, Copy, Debug)]
 pub struct Subject<'a> {
     pub operation: &'a str,
+    /// API group of the kind ("" for the core group).
+    pub group: &'a str,
     pub kind: &'a str,
     pub sub_resource: Option<&'a str>,
     pub namespace: &'a str,
     pub object: Option<&'a Value>,
 }
 
-pub fn decide(request: &Subject<'_>, config: &Config) -> Decision {
+pub fn decide<'a>(request: &Subject<'_>, config: &'a Config) -> Decision<'a> {
     if !matches!(request.operation, "CREATE" | "UPDATE") {
         return Decision::Skip(format!("operation {} is not handled", request.operation));
     }
     let kind = request.kind;
-    let Some(shape) = sites::shape(kind) else {
-        return Decision::Skip(format!("kind {kind} has no pod spec"));
+    let shape = match config.workloads.declared_kind(request.group, kind) {
+        // A declared kind is pinned by the webhook only on its own opt-in, whatever
+        // `workloads.templates` says (its rules name it only then).
+        Some(declared) if declared.webhook => sites::declared_shape(declared),
+        Some(_) => return Decision::Skip(format!("kind {kind} is declared without webhook: true")),
+        None => {
+            let Some(shape) = sites::shape(kind).filter(|_| is_built_in_group(request.group, kind)) else {
+                return Decision::Skip(format!("kind {kind} has no pod spec"));
+            };
+            if matches!(shape, Shape::Template(_)) && !config.workloads.templates {
+                return Decision::Skip(format!("pod templates of {kind} are not pinned (workloads.templates: false)"));
+            }
+            shape
+        }
     };
-    if matches!(shape, Shape::Template(_)) && !config.workloads.templates {
-        return Decision::Skip(format!("pod templates of {kind} are not pinned (workloads.templates: false)"));
-    }
     // A Pod UPDATE is pinned only through spec images; a status or binding subresource carries none.
     if let Some(sub) = request.sub_resource.filter(|s| *s != "ephemeralcontainers") {
         return Decision::Skip(format!("subresource {sub} is not handled"));
@@ -77,6 +88,12 @@ pub fn decide(request: &Subject<'_>, config: &Config) -> Decision {
         return Decision::Skip(format!("opted out with {SKIP_ANNOTATION}: \"true\""));
     }
     Decision::Act(shape)
+}
+
+/// Whether `group` is the group of the built-in `kind` (the 1.20 EphemeralContainers subresource
+/// object is in the core group).
+fn is_built_in_group(group: &str, kind: &str) -> bool {
+    crate::kinds::find(kind).map_or(group.is_empty(), |k| k.group == group)
 }
 
 /// Why the config leaves an object alone outside admission (`layerlink mutate`, `layerlink
@@ -112,7 +129,7 @@ mod tests {
     use super::*;
     use crate::admission::fixtures;
 
-    fn decide_on(file: &str, config: &Config, edit: impl FnOnce(&mut serde_json::Value)) -> Decision {
+    fn decide_on<'a>(file: &str, config: &'a Config, edit: impl FnOnce(&mut serde_json::Value)) -> Decision<'a> {
         let mut json = fixtures::json(file);
         edit(&mut json);
         let review: crate::admission::review::AdmissionReview = serde_json::from_value(json).unwrap();

@@ -235,28 +235,41 @@ fn validate_tag(tag: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `algorithm:encoded`; sha256 must be 64 lowercase hex characters.
+/// `algorithm:encoded` with an algorithm a pin may use (see [`is_digest`]); anything else is
+/// refused with the reason.
 fn validate_digest(digest: &str) -> Result<(), &'static str> {
     let (algorithm, encoded) = digest.split_once(':').ok_or("digest must be algorithm:hex")?;
-    let algo_ok = !algorithm.is_empty()
-        && algorithm
-            .split(['+', '.', '_', '-'])
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
-    if !algo_ok {
-        return Err("invalid digest algorithm");
+    if is_digest(digest) {
+        return Ok(());
     }
     match algorithm {
-        "sha256" if encoded.len() == 64 && is_lower_hex(encoded) => Ok(()),
-        "sha512" if encoded.len() == 128 && is_lower_hex(encoded) => Ok(()),
         "sha256" | "sha512" => Err("invalid digest: wrong length or not lowercase hex"),
-        _ if encoded.len() >= 32
-            && encoded.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-')) =>
-        {
-            Ok(())
-        }
-        _ => Err("invalid digest"),
+        _ if encoded.is_empty() => Err("invalid digest"),
+        _ => Err("unsupported digest algorithm: a pin is sha256 or sha512"),
     }
 }
+
+/// The digest a pin carries: `sha256:` and 64 lowercase hex digits, or `sha512:` and 128. These
+/// are the algorithms the OCI image specification registers and registries serve (sha256 must,
+/// sha512 should); a runtime verifies the content it pulls against them. Other algorithms, such
+/// as a `sha384` that some runtimes parse but registries do not serve, are not pins.
+pub fn is_digest(digest: &str) -> bool {
+    match digest.split_once(':') {
+        Some(("sha256", hex)) => hex.len() == 64 && is_lower_hex(hex),
+        Some(("sha512", hex)) => hex.len() == 128 && is_lower_hex(hex),
+        _ => false,
+    }
+}
+
+/// Whether an image as written is pinned: it ends in `@` and a digest ([`is_digest`]). This is the
+/// one definition that the engine, `/validate` and the ValidatingAdmissionPolicy share; the
+/// policy writes it as the regular expression [`PINNED_PATTERN`].
+pub fn is_pinned(image: &str) -> bool {
+    image.rsplit_once('@').is_some_and(|(_, digest)| is_digest(digest))
+}
+
+/// [`is_pinned`] as an RE2 pattern for CEL's `matches` (the ValidatingAdmissionPolicy).
+pub const PINNED_PATTERN: &str = "@(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$";
 
 fn is_lower_hex(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -308,6 +321,36 @@ mod tests {
         let r = Reference::parse(&format!("registry.local:5000/team/app:1.0@{D}")).unwrap();
         assert_eq!(r.tag.as_deref(), Some("1.0"));
         assert_eq!(r.digest.as_deref(), Some(D));
+    }
+
+    /// One definition of pinned: the function, the parser and the policy's pattern agree.
+    #[test]
+    fn pinned_means_a_sha256_or_sha512_digest() {
+        let pattern = regex::Regex::new(PINNED_PATTERN).unwrap();
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        let cases = [
+            (format!("alpine@{D}"), true),
+            (format!("ghcr.io/org/app:v1@{sha512}"), true),
+            (format!("registry.local:5000/app:1.0@{D}"), true),
+            (format!("app@sha384:{}", "a".repeat(96)), false),
+            (format!("app@sha256:{}", "A".repeat(64)), false),
+            (format!("app@sha256:{}", "a".repeat(63)), false),
+            (format!("app@sha512:{}", "a".repeat(64)), false),
+            (format!("app@{D}x"), false),
+            (format!("app@{D}@x"), false),
+            (format!("app:{D}"), false),
+            ("app:v1".to_string(), false),
+            (format!("app@foo:{}", "a".repeat(64)), false),
+        ];
+        for (image, pinned) in cases {
+            assert_eq!(is_pinned(&image), pinned, "{image}");
+            assert_eq!(pattern.is_match(&image), pinned, "pattern: {image}");
+            if let Ok(r) = Reference::parse(&image) {
+                assert_eq!(r.is_pinned(), pinned, "parsed: {image}");
+            }
+        }
+        let err = Reference::parse(&format!("app@sha384:{}", "a".repeat(96))).unwrap_err();
+        assert_eq!(err.reason, "unsupported digest algorithm: a pin is sha256 or sha512");
     }
 
     #[test]

@@ -18,17 +18,19 @@ const CONTAINER_LISTS: &[&str] = &["initContainers", "containers", "ephemeralCon
 
 /// What kind of object this is, as far as images go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
+pub enum Shape<'a> {
     /// A Pod: its spec is at `/spec`.
     Pod,
     /// The 1.20 `EphemeralContainers` subresource object: the list is at the root.
     EphemeralContainers,
-    /// A workload or PodTemplate: a pod template at the given path.
-    Template(&'static str),
+    /// A workload, PodTemplate or declared kind: a pod spec at the given pointer.
+    Template(&'a str),
+    /// A declared kind whose images are single strings at these pointers.
+    Fields(&'a [String]),
 }
 
 /// The shape of a kind (from [`crate::kinds`]), or None for kinds that carry no pod spec.
-pub fn shape(kind: &str) -> Option<Shape> {
+pub fn shape(kind: &str) -> Option<Shape<'static>> {
     match kind {
         "Pod" => Some(Shape::Pod),
         "EphemeralContainers" => Some(Shape::EphemeralContainers),
@@ -36,19 +38,39 @@ pub fn shape(kind: &str) -> Option<Shape> {
     }
 }
 
-/// The pointer of the pod spec inside an object of this shape ("" for the root).
-pub fn spec_pointer(shape: Shape) -> &'static str {
+/// The shape of a declared kind: its pod spec, or else its image pointers.
+pub fn declared_shape(declared: &crate::kinds::Declared) -> Shape<'_> {
+    match &declared.pod_spec {
+        Some(pointer) => Shape::Template(pointer),
+        None => Shape::Fields(&declared.images),
+    }
+}
+
+/// The pointer of the pod spec inside an object of this shape ("" for the root), if it has one.
+pub fn spec_pointer<'a>(shape: Shape<'a>) -> Option<&'a str> {
     match shape {
-        Shape::Pod => "/spec",
-        Shape::EphemeralContainers => "",
-        Shape::Template(path) => path,
+        Shape::Pod => Some("/spec"),
+        Shape::EphemeralContainers => Some(""),
+        Shape::Template(path) => Some(path),
+        Shape::Fields(_) => None,
     }
 }
 
 /// Every image field in the object, init containers first, in document order, then the image
-/// volumes (`volumes[].image.reference`) of a pod spec.
-pub fn find(shape: Shape, object: &Value) -> Vec<Site> {
-    let base = spec_pointer(shape);
+/// volumes (`volumes[].image.reference`) of a pod spec; for [`Shape::Fields`], the strings at
+/// its pointers, in their order.
+pub fn find(shape: Shape<'_>, object: &Value) -> Vec<Site> {
+    let Some(base) = spec_pointer(shape) else {
+        let Shape::Fields(pointers) = shape else { unreachable!("only Fields has no pod spec") };
+        return pointers
+            .iter()
+            .filter_map(|pointer| {
+                let image = object.pointer(pointer)?.as_str()?;
+                let field = pointer.rsplit('/').next().unwrap_or_default();
+                Some(Site { pointer: pointer.clone(), image: image.to_string(), container: field.to_string() })
+            })
+            .collect();
+    };
     let Some(spec) = object.pointer(base) else { return Vec::new() };
     let mut sites = Vec::new();
     for list in CONTAINER_LISTS {

@@ -189,3 +189,50 @@ prepull:
     assert!(warnings.contains("org/tools:missing cannot be pinned"), "{warnings}");
     assert!(engine.metrics.encode().contains("layerlink_prepull_problems_total 1"), "{}", engine.metrics.encode());
 }
+
+/// A custom resource declared with `webhook: true` is pinned like a workload (its whole object is
+/// read: the decoder of built-in kinds would drop its fields); without the opt-in it is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_kind_is_pinned_on_opt_in() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let app = registry.push("team/app", "v1", &image("app")).digest;
+    let mut review = fixtures::with_images("deployment-create.json", |_| format!("{host}/team/app:v1"));
+    let request = &mut review["request"];
+    request["kind"] = json!({"group": "argoproj.io", "version": "v1alpha1", "kind": "Rollout"});
+    request["resource"] = json!({"group": "argoproj.io", "version": "v1alpha1", "resource": "rollouts"});
+    request["object"]["apiVersion"] = json!("argoproj.io/v1alpha1");
+    request["object"]["kind"] = json!("Rollout");
+    request["object"]["spec"]["strategy"] = json!({"canary": {"steps": [{"setWeight": 20}]}});
+    let registries = format!("registries: [{{ host: \"{host}\", plainHttp: true }}]");
+    let pinned = format!("{host}/team/app:v1@{app}");
+    let opted_in = engine(&format!(
+        "{registries}\nworkloads: {{ kinds: [{{ group: argoproj.io, kind: Rollout, webhook: true }}] }}"
+    ));
+    let response = answer(&opted_in, &Edges::default(), Mode::Enforce, &review).await;
+    assert_eq!(
+        patch(&response),
+        vec![json!({"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": pinned})],
+        "{response}"
+    );
+    // A kind of the config's own, with its pod spec where no built-in kind has one.
+    let mut runner = review.clone();
+    let request = &mut runner["request"];
+    request["kind"] = json!({"group": "example.com", "version": "v1", "kind": "Runner"});
+    let template = request["object"]["spec"]["template"].take();
+    request["object"]["spec"]["runner"] = json!({"pod": template["spec"]});
+    let declared = engine(&format!(
+        "{registries}\nworkloads: {{ kinds: [{{ group: example.com, version: v1, kind: Runner, plural: runners, podSpec: /spec/runner/pod, webhook: true }}] }}"
+    ));
+    let response = answer(&declared, &Edges::default(), Mode::Enforce, &runner).await;
+    assert_eq!(
+        patch(&response),
+        vec![json!({"op": "replace", "path": "/spec/runner/pod/containers/0/image", "value": pinned})],
+        "{response}"
+    );
+    // Built in for `layerlink mutate`, but the webhook needs the opt-in; templates: true is not it.
+    let templates_only = engine(&format!("{registries}\nworkloads: {{ templates: true }}"));
+    let response = answer(&templates_only, &Edges::default(), Mode::Enforce, &review).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(patch(&response).is_empty(), "{response}");
+}

@@ -265,15 +265,17 @@ spec:
     assert_eq!(run.code, Some(1), "stderr: {}", run.stderr);
     // What can be pinned is; the unknown tag stays as written.
     assert_eq!(run.stdout, setup.expected(template));
-    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("layerlink: not pinned ")).collect();
-    assert_eq!(warnings.len(), 1, "one line per image: {}", run.stderr);
-    assert!(warnings[0].starts_with(&format!("layerlink: not pinned {nope}: ")), "{}", run.stderr);
-    assert!(warnings[0].contains("not found"), "{}", run.stderr);
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains(": not pinned ")).collect();
+    assert_eq!(warnings.len(), 2, "one line per place: {}", run.stderr);
+    for (warning, at) in warnings.iter().zip([":7: document 1 (Deployment)", ":13: document 2 (Pod)"]) {
+        assert!(warning.contains(&format!("{at}: not pinned {nope}: ")), "{}", run.stderr);
+        assert!(warning.contains("not found"), "{}", run.stderr);
+    }
 
     let run = mutate_file(&setup, dir.path(), &setup.input(template), &["--allow-unresolved"]);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     assert_eq!(run.stdout, setup.expected(template));
-    assert!(run.stderr.contains(&format!("layerlink: not pinned {nope}: ")), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!(": not pinned {nope}: ")), "{}", run.stderr);
 }
 
 #[test]
@@ -326,4 +328,112 @@ async fn mutate_text_reports_problems_by_document() {
     assert_eq!(problems[0].site.container, "b");
     assert_eq!(problems[0].cause, "not_found");
     drop(setup);
+}
+
+/// Every problem names the file, line, document and object; objects of kinds layerlink does not
+/// read that have `image` fields are listed, and `--strict` makes them an error (exit 3). A
+/// custom resource of the built-in table (an Argo Rollout) is pinned without any config.
+#[test]
+fn problems_and_skipped_kinds_say_where_they_are() {
+    let setup = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let template = "\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {image: not-an-image}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: web}
+spec:
+  template:
+    spec:
+      containers:
+      - name: a
+        image: <app>
+      - name: b
+        image: <host>/team/app:nope
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Workflow
+metadata: {name: build}
+spec:
+  templates:
+  - name: step
+    container: {image: <host>/team/app:v1}
+";
+    let input = setup.input(template);
+    let file = dir.path().join("in.yaml");
+    std::fs::write(&file, &input).unwrap();
+    let name = file.to_str().unwrap();
+    let run = layerlink(&["mutate", "--config", setup.config().to_str().unwrap(), "-f", name], None);
+    assert_eq!(run.stdout, setup.expected(template), "the Rollout is pinned; stderr: {}", run.stderr);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("layerlink: ")).collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with(&format!(
+            "layerlink: {name}:16: document 2 (Rollout/web): not pinned {}/team/app:nope",
+            setup.host
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("layerlink: {name}:18: document 3 (Workflow/build): skipped: argoproj.io/v1alpha1 Workflow has 1 image field")),
+        "{}",
+        lines[1]
+    );
+    let strict = layerlink(
+        &["mutate", "--config", setup.config().to_str().unwrap(), "-f", name, "--strict", "--allow-unresolved"],
+        None,
+    );
+    assert_eq!(strict.code, Some(3), "{}", strict.stderr);
+    let without_workflow = input.split("---\napiVersion: argoproj.io/v1alpha1\nkind: Workflow").next().unwrap();
+    std::fs::write(&file, without_workflow).unwrap();
+    let strict = layerlink(
+        &["mutate", "--config", setup.config().to_str().unwrap(), "-f", name, "--strict", "--allow-unresolved"],
+        None,
+    );
+    assert_eq!(strict.code, Some(0), "a ConfigMap's image key is data: {}", strict.stderr);
+}
+
+/// Public manifests as their projects publish them (tests/fixtures/manifests): `mutate -f`
+/// changes nothing but the image values. Docker Hub names reach the test registry as a mirror.
+#[test]
+fn public_manifests_change_only_in_their_image_values() {
+    let registry = Registry::start();
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("registries: [{{ host: docker.io, mirrors: ['{host}'] }}, {{ host: '{host}', plainHttp: true }}]\n"),
+    )
+    .unwrap();
+    for (file, images) in [("argo-rollouts-rollout-canary.yaml", &[("argoproj/rollouts-demo", "blue")][..])] {
+        let digests: Vec<(String, String)> = images
+            .iter()
+            .map(|(name, tag)| (format!("{name}:{tag}"), registry.push(name, tag, &image(name)).digest))
+            .collect();
+        let path = format!("{}/tests/fixtures/manifests/{file}", env!("CARGO_MANIFEST_DIR"));
+        let input = std::fs::read_to_string(&path).unwrap();
+        let run = layerlink(&["mutate", "--config", config.to_str().unwrap(), "-f", &path], None);
+        assert_eq!(run.code, Some(0), "{file}: {}", run.stderr);
+        // Line by line: only lines that carry an image differ, and only by the digest appended.
+        let (before, after): (Vec<&str>, Vec<&str>) = (input.lines().collect(), run.stdout.lines().collect());
+        assert_eq!(before.len(), after.len(), "{file}");
+        let mut changed = 0;
+        for (old, new) in before.iter().zip(&after) {
+            if old != new {
+                let (written, digest) =
+                    digests.iter().find(|(w, _)| old.ends_with(w.as_str())).unwrap_or_else(|| panic!("{file}: {old}"));
+                assert_eq!(*new, format!("{old}@{digest}"), "{file}: {written}");
+                changed += 1;
+            }
+        }
+        assert_eq!(changed, images.len(), "{file}: every image pinned");
+        assert_eq!(run.stdout.len(), input.len() + changed * "@sha256:".len() + changed * 64, "{file}");
+    }
 }

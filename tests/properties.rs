@@ -303,11 +303,11 @@ fn object_pointers(value: &Value, at: String, out: &mut Vec<String>) {
 
 /// The fixture review with its container lists replaced and unknown fields added. Returns the
 /// review and the object's shape.
-fn build(case: &Case) -> (Value, Shape) {
+fn build(case: &Case) -> (Value, Shape<'static>) {
     let mut review = fixtures::json(case.fixture);
     let kind = review["request"]["kind"]["kind"].as_str().unwrap().to_string();
     let shape = sites::shape(&kind).unwrap();
-    let spec_pointer = format!("/request/object{}", sites::spec_pointer(shape));
+    let spec_pointer = format!("/request/object{}", sites::spec_pointer(shape).expect("a shape with a pod spec"));
     let spec = review.pointer_mut(&spec_pointer).unwrap();
     // Containers are copies of the fixture's own (all their real fields), renamed, re-imaged.
     let template = spec

@@ -105,9 +105,18 @@ async fn decide(
         }
         Decision::Act(shape) => shape,
     };
-    let object = request.object.as_ref().expect("policy acts only on reviews with an object");
+    // The read-only decoder keeps only the fields of the kinds built in; a declared kind's images
+    // may be anywhere, so its objects are read whole.
+    let declared = engine.config.workloads.declared_kind(&request.kind.group, &request.kind.kind);
+    let whole = declared.map(|_| super::object::whole_objects(body));
+    let (object, old_object) = match &whole {
+        Some((Some(object), old)) => (object, old.as_ref()),
+        _ => {
+            (request.object.as_ref().expect("policy acts only on reviews with an object"), request.old_object.as_ref())
+        }
+    };
     let all = sites::find(shape, object);
-    let sites = if request.operation == "UPDATE" { sites::changed(all, request.old_object.as_ref()) } else { all };
+    let sites = if request.operation == "UPDATE" { sites::changed(all, old_object) } else { all };
     if mode == Mode::Validate {
         return validate(engine, request, sites, started);
     }
@@ -159,7 +168,7 @@ async fn sticky_lookup(
     edges: &Edges,
     mode: Mode,
     request: &AdmissionRequest,
-    shape: sites::Shape,
+    shape: sites::Shape<'_>,
     object: &serde_json::Value,
     deadline: crate::engine::Deadline,
 ) -> Option<super::sticky::Sticky> {
@@ -320,8 +329,9 @@ fn audit(
     (response, "audited")
 }
 
-/// `/validate`: refuses images without a digest (the same rule as the ValidatingAdmissionPolicy).
-/// A refusal is logged (an allowed review only at debug level).
+/// `/validate`: refuses images that are not pinned ([`crate::reference::is_pinned`], the rule the
+/// ValidatingAdmissionPolicy writes as a pattern), unless `exclude.images` matches them. A
+/// refusal is logged (an allowed review only at debug level).
 fn validate(
     engine: &Engine,
     request: &AdmissionRequest,
@@ -331,7 +341,7 @@ fn validate(
     let uid = request.uid.as_str();
     let unpinned: Vec<sites::Site> = sites
         .into_iter()
-        .filter(|s| !s.image.contains("@sha256:"))
+        .filter(|s| !crate::reference::is_pinned(&s.image))
         .filter(|s| match crate::reference::Reference::parse(&s.image) {
             Ok(r) => !engine.is_excluded(&s.image, &r),
             Err(_) => true,
@@ -359,7 +369,7 @@ fn validate(
     );
     let listed: Vec<String> = unpinned.iter().map(|s| format!("{} ({})", s.image, s.container)).collect();
     let message = format!(
-        "layerlink: images must be pinned by digest (image@sha256:…) in this namespace; unpinned: {}",
+        "layerlink: images must be pinned by digest (image@sha256:… or @sha512:…) in this namespace; unpinned: {}",
         listed.join(", ")
     );
     (Response::deny(uid, 403, "Forbidden", message), "denied")

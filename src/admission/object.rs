@@ -101,6 +101,11 @@ pub fn read_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Va
 
 /// The whole `request.object` of a review body, for the readers that need every field.
 pub fn whole_object(body: &[u8]) -> Option<Value> {
+    whole_objects(body).0
+}
+
+/// The whole `request.object` and `request.oldObject` of a review body.
+pub fn whole_objects(body: &[u8]) -> (Option<Value>, Option<Value>) {
     #[derive(Deserialize)]
     struct Review {
         request: Option<Request>,
@@ -108,8 +113,13 @@ pub fn whole_object(body: &[u8]) -> Option<Value> {
     #[derive(Deserialize)]
     struct Request {
         object: Option<Value>,
+        #[serde(rename = "oldObject")]
+        old_object: Option<Value>,
     }
-    serde_json::from_slice::<Review>(body).ok()?.request?.object
+    match serde_json::from_slice::<Review>(body).ok().and_then(|r| r.request) {
+        Some(request) => (request.object, request.old_object),
+        None => (None, None),
+    }
 }
 
 struct Pruned(&'static Keep);

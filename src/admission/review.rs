@@ -83,6 +83,7 @@ impl AdmissionRequest {
     pub fn subject(&self) -> crate::policy::Subject<'_> {
         crate::policy::Subject {
             operation: &self.operation,
+            group: &self.kind.group,
             kind: &self.kind.kind,
             sub_resource: self.sub_resource.as_deref(),
             namespace: self.namespace.as_deref().unwrap_or(""),

@@ -137,6 +137,7 @@ pub async fn install(args: InstallArgs) -> Result<ExitCode, Error> {
         policy_reports: args.policy_reports,
         registry_ports: install::registry_ports(&config),
         extra,
+        workloads: config.workloads.clone(),
     };
     let service = format!("layerlink.{}.svc", args.namespace);
     let names = [service.clone(), format!("{service}.cluster.local")];

@@ -2,7 +2,6 @@
 //! and prints the text with only those values changed (see `layerlink::manifests`).
 
 use std::{
-    collections::HashSet,
     io::{Read, Write},
     path::PathBuf,
     process::ExitCode,
@@ -21,23 +20,54 @@ pub struct Args {
     /// Exit 0 even when some images cannot be pinned (they are still reported on stderr).
     #[arg(long)]
     allow_unresolved: bool,
+    /// Exit 3 when an object of a kind layerlink does not read has `image` fields (they are
+    /// listed on stderr either way; declare such kinds in `workloads.kinds`).
+    #[arg(long)]
+    strict: bool,
 }
+
+/// The exit status of `--strict` when objects of unknown kinds have `image` fields.
+const EXIT_SKIPPED: u8 = 3;
 
 pub async fn run(args: Args) -> Result<ExitCode, Error> {
     super::init_text_logs();
     let engine = Engine::new(super::load_config(args.config.as_deref())?)?;
     let text = read_input(&args.file)?;
-    let (output, problems) = layerlink::mutate_files::mutate_text(&engine, &text).await?;
+    let outcome = layerlink::mutate_files::mutate_report(&engine, &text).await?;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(output.as_bytes())?;
+    stdout.write_all(outcome.text.as_bytes())?;
     stdout.flush()?;
-    let mut reported = HashSet::new();
-    for problem in &problems {
-        if reported.insert((&problem.site.image, &problem.reason)) {
-            eprintln!("layerlink: not pinned {}: {}", problem.site.image, problem.reason);
-        }
+    let file = if args.file == "-" { "<stdin>" } else { args.file.as_str() };
+    for line in report_lines(file, &outcome) {
+        eprintln!("{line}");
     }
-    Ok(if problems.is_empty() || args.allow_unresolved { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if args.strict && !outcome.skipped.is_empty() {
+        ExitCode::from(EXIT_SKIPPED)
+    } else if outcome.problems.is_empty() || args.allow_unresolved {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One stderr line per image not pinned and per object not read, each naming the file, line,
+/// document and object (`deploy.yaml:12: document 3 (Rollout/web): …`).
+fn report_lines(file: &str, outcome: &layerlink::mutate_files::Outcome) -> Vec<String> {
+    let at = |l: &layerlink::mutate_files::Location| format!("{file}:{l}");
+    let problems = outcome
+        .problems
+        .iter()
+        .map(|p| format!("layerlink: {}: not pinned {}: {}", at(&p.location), p.problem.site.image, p.problem.reason));
+    let skipped = outcome.skipped.iter().map(|s| {
+        format!(
+            "layerlink: {}: skipped: {} {} has {} image field(s) that layerlink does not read (declare the kind in workloads.kinds)",
+            at(&s.location),
+            s.api_version,
+            s.location.kind,
+            s.images
+        )
+    });
+    problems.chain(skipped).collect()
 }
 
 fn read_input(file: &str) -> Result<String, Error> {

@@ -168,6 +168,8 @@ pub struct Plan {
     pub registry_ports: Vec<u16>,
     /// More objects (the pre-puller's), already rendered.
     pub extra: Vec<Value>,
+    /// What the webhook pins besides Pods: its rules name these kinds ([`webhook_rules`]).
+    pub workloads: crate::config::Workloads,
 }
 
 impl Plan {
@@ -185,6 +187,7 @@ impl Plan {
             policy_reports: false,
             registry_ports: Vec::new(),
             extra: Vec::new(),
+            workloads: Default::default(),
         }
     }
 }
@@ -218,6 +221,37 @@ fn selector(operator: &str, modes: &[&str]) -> Value {
 
 fn entries_mut(config: &mut Value) -> impl Iterator<Item = &mut Value> {
     config["webhooks"].as_array_mut().into_iter().flatten()
+}
+
+/// The rules of the mutating webhook's entries: Pods (and their ephemeral containers) always;
+/// the kinds with a pod template only with `workloads.templates` (otherwise the webhook would be
+/// called on every workload write to answer "unchanged"); declared kinds with `webhook: true`.
+/// One rule per API group and version, in the order of [`crate::kinds`].
+pub fn webhook_rules(workloads: &crate::config::Workloads) -> Vec<Value> {
+    let mut rules: Vec<(&str, &str, Vec<&str>)> = vec![("", "v1", vec!["pods", "pods/ephemeralcontainers"])];
+    let templates = crate::kinds::templates().filter(|_| workloads.templates).map(|k| (k.group, k.version, k.plural));
+    let declared = workloads.declared.iter().filter(|d| d.webhook);
+    for (group, version, plural) in
+        templates.chain(declared.map(|d| (d.group.as_str(), d.version.as_str(), d.plural.as_str())))
+    {
+        match rules.iter_mut().find(|(g, v, _)| *g == group && *v == version) {
+            Some((_, _, resources)) if !resources.contains(&plural) => resources.push(plural),
+            Some(_) => {}
+            None => rules.push((group, version, vec![plural])),
+        }
+    }
+    rules
+        .into_iter()
+        .map(|(group, version, resources)| {
+            json!({
+                "operations": ["CREATE", "UPDATE"],
+                "apiGroups": [group],
+                "apiVersions": [version],
+                "resources": resources,
+                "scope": "Namespaced",
+            })
+        })
+        .collect()
 }
 
 /// What components/cluster-wide and components/audit-only change.
@@ -374,6 +408,12 @@ pub fn render(plan: &Plan, bundle: Option<&Bundle>) -> Vec<Value> {
         add_label(doc, PART_OF, "layerlink");
         if kind(doc) == "Deployment" {
             doc["spec"]["template"]["spec"]["containers"][0]["image"] = json!(plan.image);
+        }
+    }
+    if let Some(mutating) = find_mut(&mut docs, "MutatingWebhookConfiguration") {
+        let rules = webhook_rules(&plan.workloads);
+        for entry in entries_mut(mutating) {
+            entry["rules"] = json!(rules);
         }
     }
     if plan.pre_1_30 {
@@ -601,6 +641,57 @@ mod tests {
         let config_map = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
         let config = Config::parse(config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
         assert_eq!(config.reports.namespace_selector, Config::default().reports.namespace_selector);
+    }
+
+    fn rule_resources(docs: &[Value]) -> Vec<Vec<String>> {
+        let mutating = docs.iter().find(|d| kind(d) == "MutatingWebhookConfiguration").unwrap();
+        mutating["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| {
+                let mut found = Vec::new();
+                for rule in entry["rules"].as_array().unwrap() {
+                    let (group, version) =
+                        (rule["apiGroups"][0].as_str().unwrap(), rule["apiVersions"][0].as_str().unwrap());
+                    for resource in rule["resources"].as_array().unwrap() {
+                        found.push(format!("{group}/{version}/{}", resource.as_str().unwrap()));
+                    }
+                }
+                found
+            })
+            .collect()
+    }
+
+    /// Every entry's rules follow the config: Pods only by default; the workload kinds with
+    /// `workloads.templates`; a declared kind with `webhook: true`, and no other.
+    #[test]
+    fn webhook_rules_follow_the_config() {
+        let render_with = |config: &str| {
+            let mut plan = Plan::new(Mode::Namespaced, CertSource::None);
+            plan.workloads = Config::parse(config).unwrap().workloads;
+            rule_resources(&render(&plan, None))
+        };
+        let pods = ["/v1/pods", "/v1/pods/ephemeralcontainers"];
+        for entry in render_with("") {
+            assert_eq!(entry, pods);
+        }
+        let with_templates = render_with("workloads: { templates: true }");
+        assert_eq!(with_templates.len(), 2, "enforce and audit");
+        for entry in with_templates {
+            for kind in crate::kinds::ALL {
+                let want = format!("{}/{}/{}", kind.group, kind.version, kind.plural);
+                assert!(entry.contains(&want), "{want} in {entry:?}");
+            }
+            assert!(!entry.iter().any(|r| r.contains("argoproj")), "{entry:?}");
+        }
+        let declared = render_with(
+            "workloads:\n  kinds:\n    - { group: argoproj.io, kind: Rollout, webhook: true }\n    - { group: example.com, version: v2, kind: Job, plural: jobs, podSpec: /spec/pod, webhook: true }",
+        );
+        for entry in declared {
+            assert_eq!(entry[..2], pods);
+            assert_eq!(entry[2..], ["argoproj.io/v1alpha1/rollouts", "example.com/v2/jobs"], "templates stay off");
+        }
     }
 
     #[test]
