@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod install;
 pub mod kinds;
+pub mod krm;
 pub mod logs;
 pub mod metrics;
 pub mod mutate_files;
