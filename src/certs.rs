@@ -84,7 +84,7 @@ pub async fn apply(client: kube::Client, bundle: &Bundle, target: &ApplyTarget) 
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, Patch, PatchParams};
 
-    let kube_error = |e: kube::Error| Error::Kube(e.to_string());
+    let kube_error = |e: kube::Error| Error::kube("writing the certificate", e);
     let mut done = Vec::new();
     let secret = serde_json::json!({
         "apiVersion": "v1",

@@ -29,7 +29,12 @@ pub use config::Config;
 pub use engine::Engine;
 
 /// Everything that can go wrong, with a message a user can act on.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so one answer can be shared by every waiter of a single-flight lookup and kept in
+/// the digest cache. Errors from other libraries are kept whole as their `source()` (behind an
+/// `Arc`, which is what makes them clonable); `Display` says the context and the cause once, so
+/// `{e}` is enough for a log line or a warning.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("config: {0}")]
     Config(String),
@@ -47,8 +52,9 @@ pub enum Error {
     Connect { registry: String, message: String },
     #[error("{registry}: no answer within {after_ms}ms")]
     Timeout { registry: String, after_ms: u128 },
-    #[error("{registry}: refused by the network guard: {reason}")]
-    Refused { registry: String, reason: String },
+    /// The network guard would not let the lookup reach the registry's address.
+    #[error("{registry}: {refusal}")]
+    Refused { registry: String, refusal: registry::guard::Refusal },
     /// A lookup that was not started: too many already in flight in this process.
     #[error("not looked up: {limit} registry lookups already in flight; retried on the next review")]
     Busy { limit: usize },
@@ -62,10 +68,31 @@ pub enum Error {
     Listen { address: std::net::SocketAddr, message: String },
     #[error("tls: {0}")]
     Tls(String),
+    /// A request to the Kubernetes API failed: what was being done, and the client's error.
+    #[error("kubernetes: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: std::sync::Arc<kube::Error>,
+    },
+    /// The cluster answered, but not as needed (a kind it does not serve, a namespace that
+    /// does not go away, an unreadable kubeconfig).
     #[error("kubernetes: {0}")]
-    Kube(String),
+    Cluster(String),
+    /// Input a verb cannot read: a document that is not YAML, or not an object.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Input(String),
+    #[error("{source}")]
+    Io {
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { source: std::sync::Arc::new(source) }
+    }
 }
 
 impl Error {
@@ -86,9 +113,15 @@ impl Error {
             Error::Internal(_) => "internal",
             Error::Listen { .. } => "listen",
             Error::Tls(_) => "tls",
-            Error::Kube(_) => "kubernetes",
-            Error::Io(_) => "io",
+            Error::Kube { .. } | Error::Cluster(_) => "kubernetes",
+            Error::Input(_) => "input",
+            Error::Io { .. } => "io",
         }
+    }
+
+    /// A failed request to the Kubernetes API, saying what was being done.
+    pub fn kube(context: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube { context: context.into(), source: std::sync::Arc::new(source) }
     }
 
     /// Whether a cached digest may stand in for a fresh answer (the registry, not the image, failed;

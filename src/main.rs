@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     layerlink::install_crypto_provider();
-    let cli: cli::Cli = layerlink::install::parse_cli();
+    let cli = cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(cli.run())
 }

@@ -59,7 +59,7 @@ use crate::{
 };
 
 fn invalid(message: String) -> Error {
-    Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, message))
+    Error::Input(message)
 }
 
 /// Pins every image of the Pods and workloads in `text` (multi-document YAML) and returns the new

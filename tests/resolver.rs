@@ -239,6 +239,26 @@ async fn a_stale_digest_is_served_for_transient_failures_only() {
     }
 }
 
+/// A registry failure reaches a one-shot caller (`resolve`, `install`, the pre-puller) as the
+/// registry said it, through the shared single-flight answer: host and cause once, kind kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_failure_keeps_its_kind_and_names_the_host_once() {
+    let registry = Registry::start();
+    registry.push("team/app", "v1", &image("five-hundred"));
+    let proxy = Proxy::start(registry.addr());
+    let host = proxy.host();
+    let e = engine(&format!("registries: [{{ host: '{host}', plainHttp: true }}]"));
+    proxy.set_fault(Fault::Status { code: 500, retry_after: None });
+    let error =
+        e.resolver.pin(&format!("{host}/team/app:v1"), &Arc::default(), Deadline::after(Duration::from_secs(5))).await;
+    let error = error.expect_err("a 500 pins nothing");
+    let text = error.to_string();
+    assert_eq!(error.metric_label(), "registry_error", "{text}");
+    assert!(text.starts_with(&format!("{host}: registry error: ")) && text.contains("500"), "{text}");
+    assert_eq!(text.matches(&host).count(), 1, "{text}");
+    assert_eq!(text.matches("registry error").count(), 1, "{text}");
+}
+
 fn sites(images: impl IntoIterator<Item = String>) -> Vec<Site> {
     images
         .into_iter()

@@ -46,7 +46,10 @@ impl SiblingSource for Source {
         self.asked.lock().unwrap().push(revision.clone());
         match self.answer {
             Answer::Kept => Ok(Arc::new(self.kept.clone())),
-            Answer::Fail => Err(Error::Kube("pods is forbidden".into())),
+            Answer::Fail => {
+                let forbidden = kube::core::Status::failure("pods is forbidden", "Forbidden").with_code(403);
+                Err(Error::kube("listing pods", kube::Error::Api(forbidden.boxed())))
+            }
             Answer::Hang => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 Ok(Arc::default())

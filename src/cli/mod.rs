@@ -3,6 +3,7 @@
 
 mod audit;
 mod certs;
+mod install;
 mod layers;
 mod mutate;
 mod prepuller;
@@ -37,8 +38,10 @@ enum Command {
     Layers(layers::Args),
     /// Render the pre-puller DaemonSet for the configured bases.
     Prepuller(prepuller::Args),
-    #[command(flatten)]
-    Install(layerlink::install::Verb),
+    /// Render every object layerlink needs (or apply it with --apply), from manifests built in.
+    Install(install::InstallArgs),
+    /// Remove what `layerlink install` made: webhook configurations first, then the rest.
+    Uninstall(install::UninstallArgs),
 }
 
 impl Cli {
@@ -53,13 +56,17 @@ impl Cli {
             Command::Audit(args) => audit::run(args).await,
             Command::Layers(args) => layers::run(args).await,
             Command::Prepuller(args) => prepuller::run(args).await,
-            Command::Install(verb) => {
+            Command::Install(args) => {
                 init_text_logs();
-                layerlink::install::run(verb).await
+                install::install(args).await
+            }
+            Command::Uninstall(args) => {
+                init_text_logs();
+                install::uninstall(args).await
             }
         };
         result.unwrap_or_else(|e| {
-            eprintln!("layerlink: {e}");
+            eprintln!("layerlink: {}", one_line(&e));
             ExitCode::from(2)
         })
     }
@@ -122,30 +129,42 @@ pub struct KubeArgs {
 }
 
 impl KubeArgs {
-    /// A client for the cluster, checked with one request, so that an unreachable or
-    /// misconfigured cluster is one clear line rather than a log of retries.
+    /// A client for the cluster, checked with one request (`cluster::connect`).
     async fn client(&self) -> Result<kube::Client, Error> {
-        use kube::config::{KubeConfigOptions, Kubeconfig};
-        let options = KubeConfigOptions { context: self.context.clone(), ..Default::default() };
-        let config = match (&self.kubeconfig, &self.context) {
-            (Some(path), _) => {
-                let file = Kubeconfig::read_from(path)
-                    .map_err(|e| Error::Kube(format!("cannot read kubeconfig {}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(file, &options).await.map_err(|e| e.to_string())
-            }
-            (None, Some(_)) => kube::Config::from_kubeconfig(&options).await.map_err(|e| e.to_string()),
-            (None, None) => kube::Config::infer().await.map_err(|e| e.to_string()),
-        }
-        .map_err(|e| Error::Kube(format!("no usable kubeconfig: {e}")))?;
-        let url = config.cluster_url.clone();
-        let client =
-            kube::Client::try_from(config).map_err(|e| Error::Kube(format!("cannot use the kubeconfig: {e}")))?;
-        client
-            .apiserver_version()
-            .await
-            .map_err(|e| Error::Kube(format!("cannot reach the cluster at {url}: {}", one_line(&e))))?;
-        Ok(client)
+        let target =
+            layerlink::cluster::connect::Target { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() };
+        layerlink::cluster::connect::connect(&target).await
     }
+}
+
+/// Parses the command line, with the usage named after how the binary was invoked.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().bin_name(bin_name(std::env::args_os().next())).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The name to show in usage: `kubectl layerlink` when run as the kubectl plugin
+/// `kubectl-layerlink` (kubectl runs plugins by that file name), else `layerlink`.
+fn bin_name(argv0: Option<std::ffi::OsString>) -> String {
+    let file = argv0.as_deref().map(std::path::Path::new).and_then(|p| p.file_name()).and_then(|f| f.to_str());
+    match file {
+        Some("kubectl-layerlink") => "kubectl layerlink".into(),
+        _ => "layerlink".into(),
+    }
+}
+
+/// A value parser for one of a library enum's values, by name, with each value's help shown
+/// in `--help` (the library does not depend on clap).
+fn choice<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+    about: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    let values = all.iter().map(move |v| clap::builder::PossibleValue::new(name(*v)).help(about(*v)));
+    clap::builder::PossibleValuesParser::new(values)
+        .map(move |chosen| *all.iter().find(|v| name(**v) == chosen).expect("one of the possible values"))
 }
 
 /// An error and its causes on one line, each said once.
@@ -216,6 +235,22 @@ mod tests {
                 (words.first().map(String::as_str) == Some("layerlink")).then_some(words)
             })
             .collect()
+    }
+
+    #[test]
+    fn plugin_name_from_argv0() {
+        assert_eq!(bin_name(Some("/usr/local/bin/kubectl-layerlink".into())), "kubectl layerlink");
+        assert_eq!(bin_name(Some("./layerlink".into())), "layerlink");
+        assert_eq!(bin_name(None), "layerlink");
+    }
+
+    #[test]
+    fn install_choices_by_name() {
+        let cli = Cli::try_parse_from(["layerlink", "install", "--mode", "audit-only", "--certs", "none"]).unwrap();
+        let Command::Install(args) = cli.command else { panic!("not install") };
+        let shown = format!("{args:?}");
+        assert!(shown.contains("mode: AuditOnly") && shown.contains("certs: None"), "{shown}");
+        assert!(Cli::try_parse_from(["layerlink", "install", "--mode", "everywhere"]).is_err());
     }
 
     #[test]

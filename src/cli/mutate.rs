@@ -82,7 +82,7 @@ async fn krm_function(args: &Args, text: &str) -> Result<ExitCode, Error> {
 }
 
 fn read_input(file: &str) -> Result<String, Error> {
-    let invalid = |message: String| Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+    let invalid = Error::Input;
     let (bytes, name) = if file == "-" {
         let mut bytes = Vec::new();
         std::io::stdin().read_to_end(&mut bytes)?;

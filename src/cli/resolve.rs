@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
-use layerlink::{Engine, Error, reference::Reference, registry::auth::Keychain};
+use layerlink::{Engine, Error, registry::auth::Keychain};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,23 +21,8 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
     let deadline = layerlink::engine::Deadline::after(engine.config.resolve.request_timeout);
     let mut failed = false;
     for image in args.images {
-        let reference = match Reference::parse(&image) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("{image}: {e}");
-                failed = true;
-                continue;
-            }
-        };
-        if reference.is_pinned() {
-            println!("{image}");
-            continue;
-        }
-        match engine.resolver.resolve(&reference, &keychain, deadline).await {
-            Ok(resolved) => println!(
-                "{}",
-                layerlink::reference::pin(&image, &reference, &resolved.digest, engine.config.resolve.keep_tag)
-            ),
+        match engine.resolver.pin(&image, &keychain, deadline).await {
+            Ok(pinned) => println!("{pinned}"),
             Err(e) => {
                 eprintln!("{image}: {e}");
                 failed = true;

@@ -89,10 +89,13 @@ async fn list(
             Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
                 return Ok(Err(format!("cannot list: {} ({})", status.message, status.code)));
             }
-            Err(e) => return Err(Error::Kube(format!("listing {}: {e}", kind.plural))),
+            Err(e) => return Err(Error::kube(format!("listing {}", kind.plural), e)),
         };
         for item in &page.items {
-            items.push(serde_json::to_value(item).map_err(|e| Error::Kube(format!("cannot encode an object: {e}")))?);
+            items.push(
+                serde_json::to_value(item)
+                    .map_err(|e| Error::Internal(format!("cannot encode a {}: {e}", kind.kind)))?,
+            );
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),

@@ -82,7 +82,7 @@ impl Siblings {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &revision.namespace);
         let params = ListParams::default().labels(&revision.selector).limit(PAGE).at("0");
         let pods =
-            api.list(&params).await.map_err(|e| Error::Kube(format!("listing pods of {}: {e}", revision.owner())))?;
+            api.list(&params).await.map_err(|e| Error::kube(format!("listing pods of {}", revision.owner()), e))?;
         let pods: Vec<serde_json::Value> = pods.items.iter().filter_map(|p| serde_json::to_value(p).ok()).collect();
         Ok(Kept::from_siblings(revision, &pods))
     }

@@ -16,31 +16,15 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace, core::v1::Secr
 use kube::{
     Api, Client,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
-    config::{KubeConfigOptions, Kubeconfig},
     discovery::{ApiCapabilities, Scope},
 };
 use serde_json::Value;
 
-use super::{KubeArgs, MANAGED_BY, MANAGER, TLS_SECRET, WEBHOOK, is_admission};
+use super::{MANAGED_BY, MANAGER, TLS_SECRET, WEBHOOK, is_admission};
 use crate::{Error, certs::Bundle};
 
 fn kube_error(e: kube::Error) -> Error {
-    Error::Kube(e.to_string())
-}
-
-/// A client for the kubeconfig and context given, as kubectl picks them.
-pub async fn client(args: &KubeArgs) -> Result<Client, Error> {
-    let options = KubeConfigOptions { context: args.context.clone(), ..Default::default() };
-    let config = match (&args.kubeconfig, &args.context) {
-        (Some(path), _) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .map_err(|e| Error::Kube(format!("cannot read kubeconfig {}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| Error::Kube(e.to_string()))?
-        }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options).await.map_err(|e| Error::Kube(e.to_string()))?,
-        (None, None) => kube::Config::infer().await.map_err(|e| Error::Kube(format!("no cluster to talk to: {e}")))?,
-    };
-    Client::try_from(config).map_err(kube_error)
+    Error::kube("install", e)
 }
 
 fn gvk_of(doc: &Value) -> GroupVersionKind {
@@ -69,7 +53,7 @@ async fn resource(client: &Client, gvk: &GroupVersionKind) -> Result<(ApiResourc
             kube::Error::Discovery(_) => String::new(),
             other => format!(": {other}"),
         };
-        Error::Kube(format!("the cluster does not serve {} {version}{}{why}", gvk.kind, hint(&gvk.kind)))
+        Error::Cluster(format!("the cluster does not serve {} {version}{}{why}", gvk.kind, hint(&gvk.kind)))
     })
 }
 
@@ -137,7 +121,7 @@ pub async fn apply(
             api(client, &resource, &caps, doc["metadata"]["namespace"].as_str())
                 .patch(name, &params, &Patch::Apply(doc))
                 .await
-                .map_err(|e| Error::Kube(format!("{}: {e}", describe(doc))))?;
+                .map_err(|e| Error::kube(format!("applying {}", describe(doc)), e))?;
             say(format!("applied {}", describe(doc)));
         }
     }
@@ -167,7 +151,7 @@ async fn wait_available(client: &Client, namespace: &str, timeout: Duration) -> 
         }
         if started.elapsed() >= timeout {
             let status = deployment.status.unwrap_or_default();
-            return Err(Error::Kube(format!(
+            return Err(Error::Cluster(format!(
                 "deployment {namespace}/layerlink not available after {timeout:?} ({} of {} replicas available; \
                  the webhook configurations were not applied: see `kubectl -n {namespace} describe deployment layerlink`, \
                  or re-run with --wait=false)",
@@ -247,7 +231,9 @@ pub async fn uninstall(
                 let started = Instant::now();
                 while namespaces.get_opt(namespace).await.map_err(kube_error)?.is_some() {
                     if started.elapsed() >= timeout {
-                        return Err(Error::Kube(format!("namespace {namespace} still terminating after {timeout:?}")));
+                        return Err(Error::Cluster(format!(
+                            "namespace {namespace} still terminating after {timeout:?}"
+                        )));
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

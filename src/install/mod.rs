@@ -13,19 +13,25 @@
 //! annotation, the optional parts) is done here in code, and `tests/install.rs` checks that the
 //! result agrees with `kubectl kustomize` of the matching overlay, object for object. The
 //! rendering ([`render`]) is pure; image pinning, certificates and the cluster are at the edges
-//! ([`run`], [`cluster`]).
+//! ([`pin_image`], [`cluster`]); the command line is `cli/install.rs`.
 //!
 //! Every object carries `app.kubernetes.io/managed-by: layerlink`: `uninstall` finds what
 //! `install` made by that label (plus the webhook configurations' fixed name).
 
 pub mod cluster;
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::{Config, Engine, Error, certs::Bundle, reference::Reference, registry::auth::Keychain};
+use crate::{
+    Config, Error,
+    certs::Bundle,
+    metrics::Metrics,
+    registry::auth::Keychain,
+    resolve::{Deadline, Resolver},
+};
 
 /// The namespace the manifests are written for.
 pub const NAMESPACE: &str = "layerlink-system";
@@ -69,118 +75,65 @@ const MONITORING: [&str; 2] =
 const DASHBOARD: &str = manifest!("monitoring/grafana-dashboard.json");
 
 /// Which namespaces are enforced and audited (the overlays of the same names).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Enforce and audit where namespaces are labelled `layerlink.io/mode=enforce|audit`.
     Namespaced,
-    /// Enforce in every namespace not labelled `audit` or `off`.
     ClusterWide,
-    /// Audit (never mutate, never reject) in every namespace not labelled `off`.
     AuditOnly,
 }
 
-/// Where the serving certificate comes from.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CertSource {
-    /// Generated now: the Secret `layerlink-tls` and every webhook entry's caBundle.
-    SelfSigned,
-    /// Issued and rotated by cert-manager (installed beforehand), which injects the caBundle.
-    CertManager,
-    /// None rendered (as the self-signed overlay): `layerlink certs --apply` writes the Secret
-    /// and the caBundle afterwards. For files shared with others, which must not carry a key.
-    None,
-}
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Namespaced, Mode::ClusterWide, Mode::AuditOnly];
 
-/// How to reach the cluster, as kubectl takes it.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct KubeArgs {
-    /// Path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use.
-    #[arg(long)]
-    pub context: Option<String>,
-}
+    /// The name on the command line (and of the overlay).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Namespaced => "namespaced",
+            Mode::ClusterWide => "cluster-wide",
+            Mode::AuditOnly => "audit-only",
+        }
+    }
 
-#[derive(clap::Args, Debug)]
-pub struct InstallArgs {
-    /// Which namespaces are enforced and audited.
-    #[arg(long, value_enum, default_value_t = Mode::Namespaced)]
-    pub mode: Mode,
-    /// Where the serving certificate comes from.
-    #[arg(long, value_enum, default_value_t = CertSource::SelfSigned)]
-    pub certs: CertSource,
-    /// layerlink's config (the ConfigMap); validated first. Default: the built-in one.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// The namespace layerlink runs in (a dedicated one).
-    #[arg(long, short = 'n', default_value = NAMESPACE)]
-    pub namespace: String,
-    /// Also the node pre-puller (DaemonSet) for the config's `prepull.bases` (needs --config).
-    #[arg(long)]
-    pub prepuller: bool,
-    /// Also the ServiceMonitor, PrometheusRule and Grafana dashboard (Prometheus Operator CRDs).
-    #[arg(long)]
-    pub monitoring: bool,
-    /// For Kubernetes 1.21 to 1.29: the `/validate` webhook instead of the
-    /// ValidatingAdmissionPolicy, and no matchConditions.
-    #[arg(long = "pre-1.30")]
-    pub pre_1_30: bool,
-    /// Also a NetworkPolicy for layerlink's pods.
-    #[arg(long)]
-    pub network_policy: bool,
-    /// layerlink's own image (default: the release this binary belongs to).
-    #[arg(long)]
-    pub image: Option<String>,
-    /// Keep the image's tag: do not look its digest up.
-    #[arg(long)]
-    pub no_pin: bool,
-    /// How long the image's digest lookup may take before the tag is kept.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub pin_timeout: Duration,
-    /// Apply to the cluster (server-side apply, field manager `layerlink`) instead of printing.
-    #[arg(long)]
-    pub apply: bool,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-}
-
-/// The cluster, and whether to wait for it (install --apply: until the Deployment is available,
-/// before the webhooks are registered; uninstall: until the namespace is gone).
-#[derive(clap::Args, Debug)]
-pub struct ClusterArgs {
-    /// Wait until done: the Deployment available (install --apply), the namespace gone (uninstall).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub wait: bool,
-    /// How long to wait.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    #[command(flatten)]
-    pub kube: KubeArgs,
-}
-
-impl ClusterArgs {
-    fn wait(&self) -> Option<Duration> {
-        self.wait.then_some(self.timeout)
+    pub fn about(self) -> &'static str {
+        match self {
+            Mode::Namespaced => "enforce and audit where namespaces are labelled layerlink.io/mode=enforce|audit",
+            Mode::ClusterWide => "enforce in every namespace not labelled audit or off",
+            Mode::AuditOnly => "audit (never mutate, never reject) in every namespace not labelled off",
+        }
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct UninstallArgs {
-    /// The namespace layerlink was installed in.
-    #[arg(long, short = 'n', default_value = NAMESPACE)]
-    pub namespace: String,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
+/// Where the serving certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    SelfSigned,
+    CertManager,
+    None,
 }
 
-/// The two verbs, one entry in the command line.
-#[derive(clap::Subcommand, Debug)]
-pub enum Verb {
-    /// Render every object layerlink needs (or apply it with --apply), from manifests built in.
-    Install(InstallArgs),
-    /// Remove what `layerlink install` made: webhook configurations first, then the rest.
-    Uninstall(UninstallArgs),
+impl CertSource {
+    pub const ALL: [CertSource; 3] = [CertSource::SelfSigned, CertSource::CertManager, CertSource::None];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CertSource::SelfSigned => "self-signed",
+            CertSource::CertManager => "cert-manager",
+            CertSource::None => "none",
+        }
+    }
+
+    pub fn about(self) -> &'static str {
+        match self {
+            CertSource::SelfSigned => "generated now: the Secret layerlink-tls and every webhook entry's caBundle",
+            CertSource::CertManager => {
+                "issued and rotated by cert-manager (installed beforehand), which injects the caBundle"
+            }
+            CertSource::None => {
+                "none rendered: `layerlink certs --apply` writes the Secret and caBundle afterwards \
+                 (for files shared with others, which must not carry a key)"
+            }
+        }
+    }
 }
 
 /// Everything the rendering needs, already decided.
@@ -541,155 +494,47 @@ fn check_config_fits(config: &Config, path: &std::path::Path) -> Result<(), Erro
 /// `uninstall` deletes it.
 const SHARED_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// The image pinned to its digest when the registry answers within `timeout`; otherwise the
-/// tag, with a note on stderr.
-async fn pin_image(image: &str, config: &Config, timeout: Duration) -> String {
+/// layerlink's own image pinned to its digest when the registry answers within `timeout`;
+/// otherwise why not (the caller keeps the tag and says so).
+pub async fn pin_image(image: &str, config: &Config, timeout: Duration) -> Result<String, String> {
     let attempt = async {
-        let reference = Reference::parse(image)?;
-        if reference.is_pinned() {
-            return Ok(image.to_string());
-        }
-        let engine = Engine::new(config.clone())?;
-        let keychain = Arc::new(Keychain::default());
-        let deadline = crate::engine::Deadline::after(timeout);
-        let resolved = engine
-            .resolver
-            .resolve(&reference, &keychain, deadline)
-            .await
-            .map_err(|e| crate::registry::clone_error(&e))?;
-        Ok::<_, Error>(crate::reference::pin(image, &reference, &resolved.digest, true))
+        let resolver = Resolver::new(config, Arc::new(Metrics::new(config)))?;
+        resolver.pin(image, &Arc::new(Keychain::default()), Deadline::after(timeout)).await
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(pinned)) => pinned,
-        Ok(Err(e)) => {
-            eprintln!("layerlink: not pinned: {image} keeps its tag ({e})");
-            image.to_string()
-        }
-        Err(_) => {
-            eprintln!("layerlink: not pinned: {image} keeps its tag (no answer within {timeout:?})");
-            image.to_string()
-        }
+        Ok(Ok(pinned)) => Ok(pinned),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 
-/// `layerlink install`.
-pub async fn install(args: InstallArgs) -> Result<ExitCode, Error> {
-    if SHARED_NAMESPACES.contains(&args.namespace.as_str()) {
+/// Refuses a namespace that is not layerlink's own: it is labelled `layerlink.io/mode: off`
+/// and `uninstall` deletes it.
+pub fn check_namespace(namespace: &str) -> Result<(), Error> {
+    if SHARED_NAMESPACES.contains(&namespace) {
         return Err(Error::Config(format!(
-            "--namespace {}: layerlink needs a namespace of its own (it is labelled {MODE}=off and uninstall deletes it)",
-            args.namespace
+            "--namespace {namespace}: layerlink needs a namespace of its own (it is labelled {MODE}=off and uninstall deletes it)"
         )));
     }
-    let (config, config_text) = match &args.config {
+    Ok(())
+}
+
+/// The config to install and its text for the ConfigMap: the file at `path`, validated and
+/// checked to fit the Deployment, or the built-in one (`None` text).
+pub fn load_config(path: Option<&std::path::Path>) -> Result<(Config, Option<String>), Error> {
+    match path {
         Some(path) => {
             let config = Config::load(path)?;
             check_config_fits(&config, path)?;
-            (config, Some(std::fs::read_to_string(path)?))
+            Ok((config, Some(std::fs::read_to_string(path)?)))
         }
-        None => (Config::parse(BASE_CONFIG)?, None),
-    };
-    let extra = if args.prepuller {
-        let Some(path) = &args.config else {
-            return Err(Error::Config("--prepuller needs --config (its prepull.bases)".into()));
-        };
-        let prepuller = crate::prepull::daemonset::Options {
-            config: path.clone(),
-            namespace: args.namespace.clone(),
-            priority_class: None,
-            tolerate_all: false,
-            tolerations: Vec::new(),
-            max_unavailable: "10%".into(),
-        };
-        match crate::prepull::daemonset::documents(&prepuller).await? {
-            Ok(docs) => docs,
-            Err(problems) => {
-                for problem in problems {
-                    eprintln!("layerlink: {problem}");
-                }
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    let image = args.image.clone().unwrap_or_else(default_image);
-    let image = if args.no_pin { image } else { pin_image(&image, &config, args.pin_timeout).await };
-    let plan = Plan {
-        mode: args.mode,
-        certs: args.certs,
-        namespace: args.namespace.clone(),
-        config: config_text,
-        image,
-        pre_1_30: args.pre_1_30,
-        monitoring: args.monitoring,
-        network_policy: args.network_policy,
-        registry_ports: registry_ports(&config),
-        extra,
-    };
-    let service = format!("layerlink.{}.svc", args.namespace);
-    let names = [service.clone(), format!("{service}.cluster.local")];
-    if !args.apply {
-        let bundle = match args.certs {
-            CertSource::SelfSigned => Some(crate::certs::generate(&names)?),
-            CertSource::CertManager | CertSource::None => None,
-        };
-        print!("{}", to_yaml(&render(&plan, bundle.as_ref()))?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let client = cluster::client(&args.cluster.kube).await?;
-    let bundle = match args.certs {
-        // An upgrade keeps the certificate the cluster already trusts.
-        CertSource::SelfSigned => match cluster::existing_bundle(&client, &args.namespace).await? {
-            Some(bundle) => {
-                eprintln!("keeping the certificate in secret {}/{TLS_SECRET}", args.namespace);
-                Some(bundle)
-            }
-            None => Some(crate::certs::generate(&names)?),
-        },
-        CertSource::CertManager | CertSource::None => None,
-    };
-    let docs = render(&plan, bundle.as_ref());
-    cluster::apply(&client, &docs, &args.namespace, args.cluster.wait(), |line| eprintln!("{line}")).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `layerlink uninstall`.
-pub async fn uninstall(args: UninstallArgs) -> Result<ExitCode, Error> {
-    let client = cluster::client(&args.cluster.kube).await?;
-    let removed = cluster::uninstall(&client, &args.namespace, args.cluster.wait(), |line| eprintln!("{line}")).await?;
-    if removed == 0 {
-        eprintln!("nothing to remove: no object of layerlink's in the cluster");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Runs a verb.
-pub async fn run(verb: Verb) -> Result<ExitCode, Error> {
-    match verb {
-        Verb::Install(args) => install(args).await,
-        Verb::Uninstall(args) => uninstall(args).await,
+        None => Ok((Config::parse(BASE_CONFIG)?, None)),
     }
 }
 
 /// Multi-document YAML, every document introduced by `---`.
 pub fn to_yaml(docs: &[Value]) -> Result<String, Error> {
     crate::prepull::daemonset::to_yaml(docs)
-}
-
-/// The name to show in usage: `kubectl layerlink` when run as the kubectl plugin
-/// `kubectl-layerlink` (kubectl runs plugins by that file name), else `layerlink`.
-pub fn bin_name(argv0: Option<OsString>) -> String {
-    let file = argv0.as_deref().map(std::path::Path::new).and_then(|p| p.file_name()).and_then(|f| f.to_str());
-    match file {
-        Some("kubectl-layerlink") => "kubectl layerlink".into(),
-        _ => "layerlink".into(),
-    }
-}
-
-/// Parses the command line with the usage named after how the binary was invoked.
-pub fn parse_cli<C: clap::Parser>() -> C {
-    let matches = C::command().bin_name(bin_name(std::env::args_os().next())).get_matches();
-    C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[cfg(test)]
@@ -779,13 +624,6 @@ mod tests {
             .map(|p| p["port"].as_u64().unwrap())
             .collect();
         assert_eq!(ports, [443, 6443, 5000]);
-    }
-
-    #[test]
-    fn plugin_name_from_argv0() {
-        assert_eq!(bin_name(Some("/usr/local/bin/kubectl-layerlink".into())), "kubectl layerlink");
-        assert_eq!(bin_name(Some("./layerlink".into())), "layerlink");
-        assert_eq!(bin_name(None), "layerlink");
     }
 
     #[test]

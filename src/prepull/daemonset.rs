@@ -29,7 +29,6 @@ use crate::{
     Config, Error,
     config::Strategy,
     metrics::Metrics,
-    reference::{self, Reference},
     registry::auth::Keychain,
     resolve::{Deadline, Resolver},
 };
@@ -251,22 +250,8 @@ pub async fn documents(args: &Options) -> Result<Result<Vec<Value>, Vec<String>>
     let resolver = Resolver::new(&config, Arc::new(Metrics::new(&config)))?;
     let keychain = Arc::new(Keychain::default());
     let deadline = Deadline::after(config.resolve.request_timeout);
-    let keep_tag = config.resolve.keep_tag;
-    let pin = |written: String| {
-        let resolver = &resolver;
-        let keychain = &keychain;
-        async move {
-            let reference = Reference::parse(&written)?;
-            if reference.is_pinned() {
-                return Ok(written);
-            }
-            let resolved =
-                resolver.resolve(&reference, keychain, deadline).await.map_err(|e| crate::registry::clone_error(&e))?;
-            Ok::<_, Error>(reference::pin(&written, &reference, &resolved.digest, keep_tag))
-        }
-    };
-    let pinned_bases = futures::future::join_all(bases.iter().map(|b| pin(b.image.clone())));
-    let (pinned_bases, pinned_tools) = futures::join!(pinned_bases, pin(tools.clone()));
+    let pinned_bases = futures::future::join_all(bases.iter().map(|b| resolver.pin(&b.image, &keychain, deadline)));
+    let (pinned_bases, pinned_tools) = futures::join!(pinned_bases, resolver.pin(&tools, &keychain, deadline));
     let mut problems = Vec::new();
     let mut found = Vec::new();
     for (base, pinned) in bases.iter().zip(pinned_bases) {

@@ -180,12 +180,9 @@ pub async fn image_info(
     let reference = Reference::parse(image)?;
     let digest = match &reference.digest {
         Some(d) => d.clone(),
-        None => resolver
-            .resolve(&reference, keychain, deadline)
-            .await
-            .map_err(|e| crate::registry::clone_error(&e))?
-            .digest
-            .to_string(),
+        None => {
+            resolver.resolve(&reference, keychain, deadline).await.map_err(Arc::unwrap_or_clone)?.digest.to_string()
+        }
     };
     let registries = resolver.registries();
     let layers = detect::fetch_layers(registries, &reference, &digest, platform, keychain).await?;

@@ -193,7 +193,7 @@ impl Prepull {
         let lookups = candidates.into_iter().map(|base| self.look(base, apps.clone(), keychain.clone(), deadline));
         let tools = async {
             match (&self.tools_image, needs_tools) {
-                (Some((written, reference)), true) => Some(self.pin(written, reference, keychain, deadline).await),
+                (Some((written, _)), true) => Some(self.pin(written, keychain, deadline).await),
                 _ => None,
             }
         };
@@ -227,7 +227,7 @@ impl Prepull {
         let tools = self.tools_image.iter().filter(|_| self.strategy == Strategy::InitContainer);
         let images: Vec<(&String, &Reference)> =
             tools.map(|(w, r)| (w, r)).chain(self.bases.iter().map(|b| (&b.image, &b.reference))).collect();
-        let pinned = images.iter().map(|(written, reference)| self.pin(written, reference, keychain, deadline));
+        let pinned = images.iter().map(|(written, _)| self.pin(written, keychain, deadline));
         let results = futures::future::join_all(pinned).await;
         images.into_iter().map(|(w, _)| w.clone()).zip(results).collect()
     }
@@ -287,18 +287,9 @@ impl Prepull {
         }
     }
 
-    async fn pin(
-        &self,
-        written: &str,
-        reference: &Reference,
-        keychain: &Arc<Keychain>,
-        deadline: Deadline,
-    ) -> Result<String, String> {
-        if reference.is_pinned() {
-            return Ok(written.to_string());
-        }
-        match self.resolver.resolve(reference, keychain, deadline).await {
-            Ok(r) => Ok(reference::pin(written, reference, &r.digest, self.keep_tag)),
+    async fn pin(&self, written: &str, keychain: &Arc<Keychain>, deadline: Deadline) -> Result<String, String> {
+        match self.resolver.pin(written, keychain, deadline).await {
+            Ok(pinned) => Ok(pinned),
             Err(error) => {
                 tracing::warn!(image = %written, %error, "pre-pull image cannot be pinned");
                 Err(format!("pre-pull image {written} cannot be pinned: {error}"))

@@ -214,8 +214,9 @@ fn looks_numeric(name: &str) -> bool {
     }
 }
 
-/// Why the resolver refused a name; found again in the HTTP client's error chain.
-#[derive(Debug)]
+/// Why the guard refused an address or a name; the resolver's refusal is found again, by type,
+/// in the HTTP client's error chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal(pub String);
 
 impl fmt::Display for Refusal {

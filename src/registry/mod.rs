@@ -299,7 +299,7 @@ impl Registries {
     fn url(&self, host: &str, path: &str) -> Result<Url, Error> {
         let scheme = if self.plain_http.contains(host) { "http" } else { "https" };
         Url::parse(&format!("{scheme}://{host}{path}"))
-            .map_err(|_| Error::Refused { registry: host.into(), reason: "not a valid registry host".into() })
+            .map_err(|_| Error::Refused { registry: host.into(), refusal: Refusal("not a valid registry host".into()) })
     }
 
     /// One request with the auth flow: a known challenge (for this repository) is answered up
@@ -315,7 +315,9 @@ impl Registries {
         credential: Option<&Credential>,
     ) -> Result<reqwest::Response, Error> {
         let url = self.url(host, path)?;
-        self.guard.check_url(&url).map_err(|reason| Error::Refused { registry: host.into(), reason })?;
+        self.guard
+            .check_url(&url)
+            .map_err(|reason| Error::Refused { registry: host.into(), refusal: Refusal(reason) })?;
         self.check_rate_limit(host)?;
         let _permit = self
             .semaphore(host)
@@ -374,7 +376,7 @@ impl Registries {
                         (0, role) => format!("{role} {shown}: {reason}"),
                         _ => format!("redirect to {shown}: {reason}"),
                     };
-                    Error::Refused { registry: host.into(), reason }
+                    Error::Refused { registry: host.into(), refusal: Refusal(reason) }
                 };
                 self.guard.check_url(&url).map_err(refused)?;
                 let mut request = self.client_for(&url).request(outgoing.method.clone(), url.clone());
@@ -395,7 +397,7 @@ impl Registries {
                 };
                 self.record(host, method_label(&outgoing.method), code, started.elapsed());
                 let response = result.map_err(|e| match request_error(host, e, self.request_timeout) {
-                    Error::Refused { reason, .. } => refused(reason),
+                    Error::Refused { refusal, .. } => refused(refusal.0),
                     other => other,
                 })?;
                 let Some(next) = redirect_target(&url, &response) else { return Ok(response) };
@@ -454,7 +456,7 @@ impl Registries {
                     .tokens
                     .try_get_with(key.clone(), self.fetch_token(host, &key, credential))
                     .await
-                    .map_err(|e: Arc<Error>| clone_error(&e))?;
+                    .map_err(Arc::unwrap_or_clone)?;
                 Ok(Authorization::Bearer(key, token))
             }
         }
@@ -486,7 +488,7 @@ impl Registries {
             role: "token realm",
         };
         let response = self.fetch(&realm_host, outgoing).await.map_err(|e| match e {
-            Error::Refused { reason, .. } => Error::Refused { registry: host.into(), reason },
+            Error::Refused { refusal, .. } => Error::Refused { registry: host.into(), refusal },
             other => other,
         })?;
         let status = response.status();
@@ -671,9 +673,10 @@ fn agree(host: &str, claimed: &str, actual: &str) -> Result<(), Error> {
     })
 }
 
+/// The repository and tag (or digest) asked for; the host is said by the error itself.
 fn what(reference: &Reference, tag_or_digest: &str) -> String {
     let sep = if tag_or_digest.contains(':') { "@" } else { ":" };
-    format!("{}/{}{sep}{tag_or_digest}", reference.registry, reference.repository)
+    format!("{}{sep}{tag_or_digest}", reference.repository)
 }
 
 /// `Docker-Content-Digest`, if sent; a malformed one is an error, never stored.
@@ -704,7 +707,7 @@ fn method_label(method: &Method) -> &'static str {
 
 fn request_error(host: &str, e: reqwest::Error, timeout: Duration) -> Error {
     if let Some(refusal) = find_cause::<Refusal>(&e) {
-        return Error::Refused { registry: host.into(), reason: refusal.0.clone() };
+        return Error::Refused { registry: host.into(), refusal: refusal.clone() };
     }
     if e.is_timeout() {
         return Error::Timeout { registry: host.into(), after_ms: timeout.as_millis() };
@@ -780,26 +783,6 @@ fn find_cause<'a, T: std::error::Error + 'static>(e: &'a (dyn std::error::Error 
         };
     }
     None
-}
-
-/// Errors shared through single-flight caches come back as `Arc<Error>`; rebuild an owned one.
-pub fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::NotFound { registry, what, message } => {
-            Error::NotFound { registry: registry.clone(), what: what.clone(), message: message.clone() }
-        }
-        Error::Unauthorized { registry, message } => {
-            Error::Unauthorized { registry: registry.clone(), message: message.clone() }
-        }
-        Error::RateLimited { registry, retry_after_secs } => {
-            Error::RateLimited { registry: registry.clone(), retry_after_secs: *retry_after_secs }
-        }
-        Error::Connect { registry, message } => Error::Connect { registry: registry.clone(), message: message.clone() },
-        Error::Timeout { registry, after_ms } => Error::Timeout { registry: registry.clone(), after_ms: *after_ms },
-        Error::Refused { registry, reason } => Error::Refused { registry: registry.clone(), reason: reason.clone() },
-        Error::InvalidReference(p) => Error::InvalidReference(p.clone()),
-        other => Error::Registry { registry: String::new(), message: other.to_string() },
-    }
 }
 
 /// Tokens live until their refresh time.

@@ -113,6 +113,7 @@ pub struct Resolver {
     inflight: Mutex<HashMap<Key, Running>>,
     slots: Arc<Semaphore>,
     lookup_limit: Duration,
+    keep_tag: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -124,6 +125,7 @@ impl Resolver {
             inflight: Mutex::default(),
             slots: Arc::new(Semaphore::new(MAX_LOOKUPS_IN_FLIGHT)),
             lookup_limit: config.resolve.request_timeout.saturating_mul(2),
+            keep_tag: config.resolve.keep_tag,
             metrics,
         }))
     }
@@ -150,6 +152,23 @@ impl Resolver {
         deadline: Deadline,
     ) -> Result<Resolved, Arc<Error>> {
         self.resolve_named(reference, reference.to_string().into(), keychain, deadline, &Allowance::unlimited()).await
+    }
+
+    /// One image as written, pinned to its digest (the tag kept as `resolve.keepTag` says); an
+    /// image already pinned comes back as written. For the one-shot front ends (`resolve`,
+    /// `install`, the pre-puller); the webhook pins through the engine.
+    pub async fn pin(
+        self: &Arc<Self>,
+        written: &str,
+        keychain: &Arc<Keychain>,
+        deadline: Deadline,
+    ) -> Result<String, Error> {
+        let reference = Reference::parse(written)?;
+        if reference.is_pinned() {
+            return Ok(written.to_string());
+        }
+        let resolved = self.resolve(&reference, keychain, deadline).await.map_err(Arc::unwrap_or_clone)?;
+        Ok(crate::reference::pin(written, &reference, &resolved.digest, self.keep_tag))
     }
 
     /// `resolve` with the reference's fully qualified name already computed (the cache key),
