@@ -151,10 +151,6 @@ impl Output {
     }
 }
 
-fn invalid(message: String) -> Error {
-    Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, message))
-}
-
 /// Whether `text` is one YAML document of kind `ResourceList` in `config.kubernetes.io`.
 pub fn is_resource_list(text: &str) -> bool {
     ResourceList::parse(text).is_ok()
@@ -166,19 +162,20 @@ impl ResourceList {
     pub fn parse(text: &str) -> Result<Self, Error> {
         let mut documents = mutate_files::split_documents(text).into_iter().filter(|c| c.content);
         let (Some(_), None) = (documents.next(), documents.next()) else {
-            return Err(invalid("a ResourceList is one YAML document".into()));
+            return Err(Error::Input("a ResourceList is one YAML document".into()));
         };
-        let value: Value = serde_saphyr::from_str(text)
-            .map_err(|e| invalid(format!("not valid YAML: {}", e.to_string().lines().next().unwrap_or_default())))?;
+        let value: Value = serde_saphyr::from_str(text).map_err(|e| {
+            Error::Input(format!("not valid YAML: {}", e.to_string().lines().next().unwrap_or_default()))
+        })?;
         let kind = value.get("kind").and_then(Value::as_str);
         let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
         if kind != Some(KIND) || !api_version.starts_with(GROUP) {
-            return Err(invalid(format!("not a {GROUP}v1 {KIND}")));
+            return Err(Error::Input(format!("not a {GROUP}v1 {KIND}")));
         }
         match value.get("items") {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) if items.iter().all(Value::is_object) => {}
-            Some(_) => return Err(invalid(format!("the {KIND}'s items are not a list of objects"))),
+            Some(_) => return Err(Error::Input(format!("the {KIND}'s items are not a list of objects"))),
         }
         Ok(ResourceList { text: text.to_string(), value })
     }
@@ -235,7 +232,7 @@ impl ResourceList {
         let text = if edits.is_empty() {
             self.text.clone()
         } else {
-            mutate_files::rewrite_document(&self.text, &edits).map_err(invalid)?
+            mutate_files::rewrite_document(&self.text, &edits).map_err(Error::Input)?
         };
         Ok(Output { text: self.with_results(text, &results), results })
     }
