@@ -7,6 +7,7 @@ pub mod admission;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod engine;
 pub mod install;
 pub mod kinds;

@@ -27,6 +27,8 @@
 mod install_scenario;
 mod support;
 
+use support::image;
+
 use std::{
     collections::BTreeMap,
     io::Write as _,
@@ -1325,10 +1327,6 @@ fn start_layerlink(
     );
     let kubeconfig = cluster.dir.join("kubeconfig");
     Webhook::start_with(&config, &[("KUBECONFIG", kubeconfig.to_str().unwrap())], certs)
-}
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("etc/os-release", b"ID=e2e\n")]), layer(&[("app/id", seed.as_bytes())])])
 }
 
 fn mode_is(mode: &str) -> Value {

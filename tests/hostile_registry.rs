@@ -4,10 +4,12 @@
 
 mod support;
 
+use support::{engine, image};
+
 use std::{sync::Arc, time::Duration};
 
 use layerlink::{
-    Config, Engine, Error,
+    Engine, Error,
     admission::fixtures,
     engine::Deadline,
     reference::Reference,
@@ -16,7 +18,6 @@ use layerlink::{
 use support::{
     Fault, Hostile, Listener, Proxy, Registry,
     hostile::{Conn, Request},
-    oci::{Image, layer},
     webhook::Webhook,
 };
 
@@ -29,11 +30,6 @@ const MAX_TOKEN_RESPONSE_BYTES: usize = 1 << 20;
 const MAX_ERROR_BYTES: usize = 64 << 10;
 const MAX_MEDIA_TYPE_LEN: usize = 256;
 const MAX_RETRY_AFTER_SECS: u64 = 600;
-
-fn engine(yaml: &str) -> Engine {
-    layerlink::install_crypto_provider();
-    Engine::new(Config::parse(yaml).unwrap()).unwrap()
-}
 
 /// A config listing these hosts (plain HTTP), and `extra`.
 fn listing(hosts: &[&str], extra: &str) -> String {
@@ -51,10 +47,6 @@ async fn resolve(engine: &Engine, image: &str) -> Result<String, Arc<Error>> {
 fn manifest(conn: &mut Conn, req: &Request) -> std::io::Result<()> {
     let digest = sha256_digest(MANIFEST);
     conn.respond(req, 200, &[("Content-Type", MEDIA_TYPE), ("Docker-Content-Digest", &digest)], MANIFEST)
-}
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("id", seed.as_bytes())])])
 }
 
 fn is_refused(err: &Error) -> bool {

@@ -10,12 +10,9 @@ use std::path::{Path, PathBuf};
 use support::{
     Registry,
     cli::{Run, layerlink},
-    oci::{Image, Index, layer},
+    image,
+    oci::Index,
 };
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("etc/os-release", b"ID=test\n")]), layer(&[("app/id", seed.as_bytes())])])
-}
 
 /// A registry with the images the manifests name, and a config file that lists it.
 struct Setup {

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::engine;
+
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -14,7 +16,7 @@ use std::{
 };
 
 use layerlink::{
-    Config, Engine,
+    Engine,
     config::Platform,
     engine::Deadline,
     patch,
@@ -138,10 +140,6 @@ fn bases_yaml(host: &str, detect: &str, strategy: &str) -> String {
     format!(
         "  detect: {detect}\n  strategy: {strategy}\n  bases:\n    - image: \"{host}/base:1\"\n      match: [\"{host}/app-*\"]\n    - image: \"{host}/mbase:1\"\n      match: [\"{host}/on-mbase*\"]\n"
     )
-}
-
-fn engine(text: &str) -> Engine {
-    Engine::new(Config::parse(text).expect("test config parses")).expect("engine")
 }
 
 fn generous() -> Deadline {

@@ -4,27 +4,17 @@
 
 mod support;
 
+use support::{engine, image};
+
 use std::{sync::Arc, time::Duration};
 
 use layerlink::{
-    Config, Engine, Error,
+    Engine, Error,
     engine::Deadline,
     reference::Reference,
     registry::auth::{Credential, Keychain},
 };
-use support::{
-    Auth, Fault, Listener, Proxy, Registry, RegistryOptions, TokenOptions, TokenServer,
-    oci::{Image, layer},
-};
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("id", seed.as_bytes())])])
-}
-
-fn engine(yaml: &str) -> Engine {
-    layerlink::install_crypto_provider();
-    Engine::new(Config::parse(yaml).unwrap()).unwrap()
-}
+use support::{Auth, Fault, Listener, Proxy, Registry, RegistryOptions, TokenOptions, TokenServer};
 
 fn keychain(host: &str, user: &str, password: &str) -> Arc<Keychain> {
     let json = layerlink::cluster::secrets::dockerconfigjson(host, user, password);

@@ -9,34 +9,24 @@
 
 mod support;
 
+use support::{engine, image};
+
 use std::{
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
 use layerlink::{
-    Config, Engine, Error,
+    Engine, Error,
     engine::{Deadline, MAX_IMAGES, MAX_LOOKUPS},
     reference::Reference,
     registry::auth::Keychain,
     resolve::MAX_LOOKUPS_IN_FLIGHT,
     sites::Site,
 };
-use support::{
-    Fault, Proxy, Registry,
-    oci::{Image, layer},
-};
+use support::{Fault, Proxy, Registry};
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{Layer, layer::Context, prelude::*};
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("id", seed.as_bytes())])])
-}
-
-fn engine(yaml: &str) -> Engine {
-    layerlink::install_crypto_provider();
-    Engine::new(Config::parse(yaml).unwrap()).unwrap()
-}
 
 async fn resolve(engine: &Engine, image: &str) -> Result<layerlink::resolve::Resolved, Arc<Error>> {
     let reference = Reference::parse(image).unwrap();

@@ -3,19 +3,16 @@
 
 mod support;
 
+use support::image;
+
 use std::time::Duration;
 
 use layerlink::admission::fixtures;
 use serde_json::{Value, json};
 use support::{
     Fault, Proxy, Registry,
-    oci::{Image, layer},
     webhook::{Webhook, patch_of, with_object},
 };
-
-fn image(seed: &str) -> Image {
-    Image::new(vec![layer(&[("etc/os-release", b"ID=test\n")]), layer(&[("app/id", seed.as_bytes())])])
-}
 
 fn registry_config(host: &str) -> String {
     format!("registries: [{{ host: \"{host}\", plainHttp: true }}]\nresolve: {{ budget: 3s }}\n")

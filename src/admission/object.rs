@@ -229,7 +229,7 @@ mod tests {
     use super::*;
     use crate::{
         admission::{fixtures, review::AdmissionReview},
-        cluster::secrets::secret_names,
+        credentials::PodCredentials,
         sites,
     };
 
@@ -263,7 +263,7 @@ mod tests {
                 let whole_old = (!whole_old.is_null()).then_some(&whole_old);
                 assert_eq!(sites::changed(found.clone(), old), sites::changed(found, whole_old), "{name}");
                 assert_eq!(crate::policy::opted_out(read, shape), crate::policy::opted_out(whole, shape), "{name}");
-                assert_eq!(secret_names(shape, read), secret_names(shape, whole), "{name}");
+                assert_eq!(PodCredentials::of("ns", shape, read), PodCredentials::of("ns", shape, whole), "{name}");
             }
             assert_eq!(read["metadata"], whole["metadata"].as_object().map_or(Value::Null, |m| only(m, METADATA)));
         }
@@ -340,7 +340,11 @@ mod tests {
                 for kind in ["Pod", "EphemeralContainers", "Deployment", "CronJob", "PodTemplate"] {
                     let shape = sites::shape(kind).unwrap();
                     assert_eq!(sites::find(shape, &read), sites::find(shape, &whole), "{kind} {object}");
-                    assert_eq!(secret_names(shape, &read), secret_names(shape, &whole), "{kind} {object}");
+                    assert_eq!(
+                        PodCredentials::of("ns", shape, &read),
+                        PodCredentials::of("ns", shape, &whole),
+                        "{kind} {object}"
+                    );
                 }
                 for pointer in ["/spec/containers/0/image", "/spec/containers/0/name", "/containers/0/image"] {
                     assert_eq!(read.pointer(pointer), whole.pointer(pointer), "{pointer} in {object}");

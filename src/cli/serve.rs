@@ -43,7 +43,7 @@ async fn cluster_edges() -> Edges {
         Ok(client) => {
             tracing::info!("kubernetes client ready: pull secrets, audit events and sticky pins enabled");
             Edges {
-                credentials: Some(Arc::new(layerlink::cluster::secrets::PullSecrets::new(client.clone()))),
+                credentials: Some(Arc::new(layerlink::cluster::secrets::chain(client.clone()))),
                 siblings: Some(layerlink::cluster::siblings::Siblings::new(client.clone())),
                 reporter: Some(layerlink::cluster::events::AuditEvents::new(client)),
             }

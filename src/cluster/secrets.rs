@@ -1,24 +1,23 @@
-//! Pull secrets from the cluster: a pod's `imagePullSecrets` and its ServiceAccount's, read from
-//! the pod's namespace, the way the kubelet would use them. Cached briefly, so a rotated secret
-//! is picked up within the TTL without a read per review.
+//! Pull secrets from the cluster, as two credential sources: a pod's own `imagePullSecrets`, and
+//! its ServiceAccount's, read from the pod's namespace the way the kubelet would use them. Both
+//! read through one [`SecretReader`], cached briefly, so a rotated secret is picked up within the
+//! TTL without a read per review.
 
 use std::{sync::Arc, time::Duration};
 
+use crate::{
+    credentials::{Chain, CredentialSource, PodCredentials},
+    registry::auth::Keychain,
+};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
-use serde_json::Value;
-
-use crate::{
-    admission::{handler::Credentials, review::AdmissionRequest},
-    registry::auth::Keychain,
-    sites::{self, Shape},
-};
 
 /// How long a secret or service account read is reused.
 const TTL: Duration = Duration::from_secs(30);
 
-pub struct PullSecrets {
+/// Reads Secrets and ServiceAccounts, cached for the TTL.
+pub struct SecretReader {
     client: kube::Client,
     /// (namespace, secret name) → parsed credentials (empty when missing or unusable).
     secrets: moka::future::Cache<(String, String), Arc<Keychain>>,
@@ -26,9 +25,9 @@ pub struct PullSecrets {
     accounts: moka::future::Cache<(String, String), Arc<Vec<String>>>,
 }
 
-impl PullSecrets {
+impl SecretReader {
     pub fn new(client: kube::Client) -> Self {
-        PullSecrets {
+        SecretReader {
             client,
             secrets: moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build(),
             accounts: moka::future::Cache::builder().max_capacity(10_000).time_to_live(TTL).build(),
@@ -91,45 +90,41 @@ where
     cache.try_get_with(key, async { read.await.map(Arc::new) }).await
 }
 
+/// The chain `serve` uses: the pod's own pull secrets, then its ServiceAccount's.
+pub fn chain(client: kube::Client) -> Chain {
+    let reader = Arc::new(SecretReader::new(client));
+    Chain::new(vec![Arc::new(PodPullSecrets(reader.clone())), Arc::new(ServiceAccountPullSecrets(reader))])
+}
+
+/// The secrets a pod names in `imagePullSecrets`.
+pub struct PodPullSecrets(pub Arc<SecretReader>);
+
 #[async_trait::async_trait]
-impl Credentials for PullSecrets {
-    async fn keychain(&self, request: &AdmissionRequest) -> Arc<Keychain> {
-        let (Some(namespace), Some(object)) = (request.namespace.as_deref(), request.object.as_ref()) else {
-            return Arc::default();
-        };
-        let Some(shape) = sites::shape(&request.kind.kind) else { return Arc::default() };
-        let (pod_secrets, account) = secret_names(shape, object);
-        let mut names = pod_secrets;
-        for name in self.account_secrets(namespace, &account).await.iter() {
-            if !names.contains(name) {
-                names.push(name.clone());
-            }
-        }
+impl CredentialSource for PodPullSecrets {
+    async fn keychain(&self, pod: &PodCredentials<'_>) -> Keychain {
         let mut keychain = Keychain::default();
-        for name in &names {
-            keychain.extend((*self.secret(namespace, name).await).clone());
+        for name in &pod.pull_secrets {
+            keychain.extend((*self.0.secret(pod.namespace, name).await).clone());
         }
-        Arc::new(keychain)
+        keychain
     }
 }
 
-/// The pod's own pull secret names, and its service account (`default` when unset), read from
-/// the pod spec of an object of this shape (a Pod's `/spec`, a workload's pod template).
-pub fn secret_names(shape: Shape, object: &Value) -> (Vec<String>, String) {
-    let spec = object.pointer(sites::spec_pointer(shape)).unwrap_or(&Value::Null);
-    let names = spec
-        .get("imagePullSecrets")
-        .and_then(Value::as_array)
-        .map(|list| list.iter().filter_map(|r| r.get("name")?.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    let account = spec
-        .get("serviceAccountName")
-        .or_else(|| spec.get("serviceAccount"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default")
-        .to_string();
-    (names, account)
+/// The secrets the pod's ServiceAccount names in its `imagePullSecrets` (those the pod names
+/// itself are left to [`PodPullSecrets`]).
+pub struct ServiceAccountPullSecrets(pub Arc<SecretReader>);
+
+#[async_trait::async_trait]
+impl CredentialSource for ServiceAccountPullSecrets {
+    async fn keychain(&self, pod: &PodCredentials<'_>) -> Keychain {
+        let mut keychain = Keychain::default();
+        for name in self.0.account_secrets(pod.namespace, &pod.service_account).await.iter() {
+            if !pod.pull_secrets.contains(name) {
+                keychain.extend((*self.0.secret(pod.namespace, name).await).clone());
+            }
+        }
+        keychain
+    }
 }
 
 /// Credentials of a `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg` secret.
@@ -170,40 +165,7 @@ pub fn dockerconfigjson(registry: &str, username: &str, password: &str) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::fixtures;
     use k8s_openapi::ByteString;
-
-    #[test]
-    fn names_from_the_pod_and_its_service_account() {
-        let object = fixtures::review("pod-create-multi.json").request.unwrap().object.unwrap();
-        assert_eq!(secret_names(Shape::Pod, &object), (vec!["regcred".into(), "ghcr-pull".into()], "app-sa".into()));
-        assert_eq!(secret_names(Shape::Pod, &serde_json::json!({"spec": {}})), (vec![], "default".into()));
-    }
-
-    /// A pod template's pull secrets and service account are its pod spec's, in every shape,
-    /// and the read-only decoding of a review keeps them.
-    #[test]
-    fn names_from_pod_templates() {
-        let pod_spec = serde_json::json!({
-            "containers": [{"name": "a", "image": "r.io/a:1", "env": []}],
-            "imagePullSecrets": [{"name": "template-cred"}],
-            "serviceAccountName": "template-sa",
-            "volumes": []
-        });
-        let expected = (vec!["template-cred".to_string()], "template-sa".to_string());
-        for (kind, object) in [
-            ("Deployment", serde_json::json!({"spec": {"replicas": 2, "template": {"spec": pod_spec}}})),
-            ("CronJob", serde_json::json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": pod_spec}}}}})),
-            ("PodTemplate", serde_json::json!({"template": {"spec": pod_spec}})),
-        ] {
-            let shape = sites::shape(kind).unwrap();
-            assert_eq!(secret_names(shape, &object), expected, "{kind}");
-            let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                "request": {"uid": "u", "kind": {"kind": kind}, "operation": "CREATE", "object": object}});
-            let read = serde_json::from_value::<crate::admission::review::AdmissionReview>(review).unwrap();
-            assert_eq!(secret_names(shape, &read.request.unwrap().object.unwrap()), expected, "{kind}, read-only");
-        }
-    }
 
     #[test]
     fn only_definite_answers_are_answers() {
