@@ -8,29 +8,27 @@
 # (`make image` builds the same image layout without a Docker daemon.)
 
 # --- build -------------------------------------------------------------------------------
+# The same static binaries as `make dist` (hack/dist.sh): built for musl, which links
+# statically by default; musl-gcc compiles the C in ring. Static binaries need no libc in the
+# runtime image, and layerlink-noop is copied into arbitrary base images that may have none.
 FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# Both binaries are built for the explicit host target so that they share one set of compiled
-# dependencies; only layerlink-noop is linked with a static C runtime (+crt-static): it is copied
-# into arbitrary base images, which may have no libc at all. `cargo rustc` applies the flag to
-# that binary alone (RUSTFLAGS would rebuild every dependency, and with an explicit --target
-# never reaches build scripts or proc macros).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     set -eux; \
-    host="$(rustc -vV | sed -n 's/^host: //p')"; \
-    cargo build --release --locked --target "$host" --bin layerlink; \
-    cargo rustc --release --locked --target "$host" --bin layerlink-noop \
-        -- -C target-feature=+crt-static; \
+    target="$(uname -m)-unknown-linux-musl"; \
+    rustup target add "$target"; \
+    cargo build --release --locked --target "$target" --bin layerlink --bin layerlink-noop; \
     mkdir -p /out; \
-    cp "target/$host/release/layerlink" "target/$host/release/layerlink-noop" /out/; \
+    cp "target/$target/release/layerlink" "target/$target/release/layerlink-noop" /out/; \
     strip /out/layerlink /out/layerlink-noop
 
 # --- runtime -----------------------------------------------------------------------------
-# layerlink links glibc dynamically: distroless "cc" (glibc, libgcc, CA certificates, tzdata,
-# no shell), the nonroot variant.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# Static binaries: distroless "static" (CA certificates, tzdata, /etc/passwd, no libc, no
+# shell), the nonroot variant.
+FROM gcr.io/distroless/static-debian12:nonroot
 LABEL org.opencontainers.image.title="layerlink" \
       org.opencontainers.image.description="Kubernetes admission webhook that pins pod images to registry digests" \
       org.opencontainers.image.licenses="Apache-2.0"

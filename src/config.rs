@@ -353,7 +353,8 @@ impl Config {
     /// ranges are the documented ones; each has a reason beside it in [`limits`].
     fn validate(&self) -> Result<(), Error> {
         use limits::*;
-        let Config { listen, tls, resolve, cache, registries, network, exclude, workloads, prepull, reports, .. } = self;
+        let Config { listen, tls, resolve, cache, registries, network, exclude, workloads, prepull, reports, .. } =
+            self;
 
         for (key, address) in [("listen.https", listen.https), ("listen.http", listen.http)] {
             if address.port() == 0 {

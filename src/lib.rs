@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod engine;
 pub mod install;
 pub mod kinds;
+pub mod krm;
 pub mod logs;
 pub mod metrics;
 pub mod mutate_files;

@@ -150,14 +150,7 @@ pub async fn mutate_report(engine: &Engine, text: &str) -> Result<Outcome, Error
             });
         }
         // Refuse what cannot be rewritten before asking any registry (only images that would be).
-        let edits: Vec<Edit> = sites
-            .iter()
-            .filter(|s| Reference::parse(&s.image).is_ok_and(|r| !r.is_pinned() && !engine.is_excluded(&s.image, &r)))
-            .map(|s| Edit::new(&s.pointer, &s.image, &s.image))
-            .collect();
-        if !edits.is_empty() {
-            locate_edits(source, &edits).map_err(|e| invalid(format!("{}: {e}", where_())))?;
-        }
+        check_in_place(source, &pending_edits(engine, &sites)).map_err(|e| invalid(format!("{}: {e}", where_())))?;
         documents.push((source, sites, where_(), first_line, value));
     }
     let plans = futures::future::join_all(
@@ -262,6 +255,25 @@ fn count_images(value: &Value) -> usize {
         Value::Array(items) => items.iter().map(count_images).sum(),
         _ => 0,
     }
+}
+
+/// The edits `sites` would need if every image were pinned: the valid, unpinned, not excluded
+/// ones, each with its value unchanged (for `check_in_place` before any registry is asked).
+pub fn pending_edits(engine: &Engine, sites: &[Site]) -> Vec<Edit> {
+    sites
+        .iter()
+        .filter(|s| Reference::parse(&s.image).is_ok_and(|r| !r.is_pinned() && !engine.is_excluded(&s.image, &r)))
+        .map(|s| Edit::new(&s.pointer, &s.image, &s.image))
+        .collect()
+}
+
+/// Whether every edit's scalar can be rewritten in place in `text` (one document): not an
+/// alias, a block scalar, a merge key or a duplicate key. The error names the pointer.
+pub fn check_in_place(text: &str, edits: &[Edit]) -> Result<(), String> {
+    if edits.is_empty() {
+        return Ok(());
+    }
+    locate_edits(text, edits).map(drop)
 }
 
 fn parse_value(source: &str) -> Result<Value, String> {

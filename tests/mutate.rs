@@ -5,15 +5,14 @@
 
 mod support;
 
-use support::image;
+use std::path::{Path, PathBuf};
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+use support::{
+    Registry,
+    cli::{Run, layerlink},
+    image,
+    oci::Index,
 };
-
-use support::{Registry, oci::Index};
 
 /// A registry with the images the manifests name, and a config file that lists it.
 struct Setup {
@@ -90,32 +89,6 @@ impl Setup {
 
     fn config(&self) -> &Path {
         &self.config
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn layerlink(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_layerlink"))
-        .args(args)
-        .env_remove("LAYERLINK_LOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! `layerlink mutate -f FILE|-`: pins the images of Pods and workloads in multi-document YAML
-//! and prints the text with only those values changed (see `layerlink::manifests`).
+//! `layerlink mutate [-f FILE|-]`: pins the images of Pods and workloads in multi-document YAML
+//! and prints the text with only those values changed (`layerlink::mutate_files`). A KRM
+//! `ResourceList` (or `--krm`) makes it a KRM function instead (`layerlink::krm`).
 
 use std::{
     io::{Read, Write},
@@ -7,7 +8,10 @@ use std::{
     process::ExitCode,
 };
 
-use layerlink::{Engine, Error};
+use layerlink::{
+    Engine, Error,
+    krm::{ResourceList, Severity},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,15 +19,21 @@ pub struct Args {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// File to read, or - for standard input.
-    #[arg(short = 'f', long = "filename")]
+    #[arg(short = 'f', long = "filename", default_value = "-")]
     file: String,
-    /// Exit 0 even when some images cannot be pinned (they are still reported on stderr).
+    /// Exit 0 even when some images cannot be pinned (they are still reported on stderr, or as
+    /// warnings in a KRM function's results).
     #[arg(long)]
     allow_unresolved: bool,
     /// Exit 3 when an object of a kind layerlink does not read has `image` fields (they are
     /// listed on stderr either way; declare such kinds in `workloads.kinds`).
     #[arg(long)]
     strict: bool,
+    /// Run as a KRM function: read a ResourceList, write it back with the images pinned and a
+    /// result per problem; exit 1 if a result is an error. Chosen on its own when the input is a
+    /// ResourceList.
+    #[arg(long)]
+    krm: bool,
 }
 
 /// The exit status of `--strict` when objects of unknown kinds have `image` fields.
@@ -31,8 +41,11 @@ const EXIT_SKIPPED: u8 = 3;
 
 pub async fn run(args: Args) -> Result<ExitCode, Error> {
     super::init_text_logs();
-    let engine = Engine::new(super::load_config(args.config.as_deref())?)?;
     let text = read_input(&args.file)?;
+    if args.krm || layerlink::krm::is_resource_list(&text) {
+        return krm_function(&args, &text).await;
+    }
+    let engine = Engine::new(super::load_config(args.config.as_deref())?)?;
     let outcome = layerlink::mutate_files::mutate_report(&engine, &text).await?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(outcome.text.as_bytes())?;
@@ -68,6 +81,34 @@ fn report_lines(file: &str, outcome: &layerlink::mutate_files::Outcome) -> Vec<S
         )
     });
     problems.chain(skipped).collect()
+}
+
+/// The KRM function: the ResourceList is written even when the run fails (the specification asks
+/// for it; kpt and kustomize show its results); exit 1 when a result is an error or the input is
+/// not a ResourceList.
+async fn krm_function(args: &Args, text: &str) -> Result<ExitCode, Error> {
+    let list = match ResourceList::parse(text) {
+        Ok(list) => list,
+        Err(e) => {
+            eprintln!("layerlink: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let output = match list.function_config().and_then(|f| Ok((f.load(args.config.as_deref())?, f))) {
+        Err(why) => list.refused(why),
+        Ok((config, function)) => {
+            let unresolved =
+                if args.allow_unresolved || function.allow_unresolved { Severity::Warning } else { Severity::Error };
+            match Engine::new(config) {
+                Ok(engine) => list.mutate(&engine, unresolved).await?,
+                Err(e) => list.refused(format!("functionConfig: {e}")),
+            }
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(output.text.as_bytes())?;
+    stdout.flush()?;
+    Ok(if output.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn read_input(file: &str) -> Result<String, Error> {

@@ -6,6 +6,7 @@
 //! Drop (killing only the processes it started).
 #![allow(dead_code, unused_imports)]
 
+pub mod cli;
 pub mod hostile;
 pub mod oci;
 pub mod proxy;
