@@ -1049,7 +1049,7 @@ fn dockerfile_runs_nonroot_with_both_binaries() {
     for needle in [
         "--locked",
         "--bin layerlink-noop",
-        "+crt-static",
+        "unknown-linux-musl",
         "/usr/local/bin/",
         "USER 65532:65532",
         r#"ENTRYPOINT ["/usr/local/bin/layerlink"]"#,
