@@ -236,7 +236,7 @@ pub fn behind(container: &str, image: &str, kept: &str, now: Option<&str>) -> Op
 }
 
 impl Behind {
-    /// The kubectl warning (short: Kubernetes truncates warnings past 120 characters).
+    /// The kubectl warning (short: one warning is at most 256 bytes, see `MAX_WARNING_LEN`).
     pub fn warning(&self, owner: &str) -> String {
         format!("layerlink: {} kept on {} ({owner}); tag now {}", self.container, short(&self.kept), short(&self.now))
     }

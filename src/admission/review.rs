@@ -137,8 +137,11 @@ pub struct Status {
     pub message: String,
 }
 
-/// Kubernetes truncates warnings over 120 characters and drops them past 4 KiB in total.
-pub const MAX_WARNING_LEN: usize = 120;
+/// The API server passes warnings on whole while they add up to at most 4,096 characters; past
+/// that it cuts each to 256 (`k8s.io/apiserver` `filters/warning.go`). layerlink keeps within
+/// both, so the API server never cuts a warning: one warning is at most 256 bytes, cut at a
+/// word, and the list at most 4 KiB with a closing line saying how many were left out.
+pub const MAX_WARNING_LEN: usize = 256;
 pub const MAX_WARNINGS_BYTES: usize = 4096;
 
 impl Response {
@@ -188,6 +191,8 @@ impl Response {
 }
 
 /// Cuts a string to at most `max` bytes on a char boundary, marking the cut with `…`.
+/// `s` cut to at most `max` bytes with `…`, at the last space of the cut when there is one in
+/// its last quarter (so a cause is not cut in the middle of a word), else at a character.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -196,7 +201,10 @@ pub fn truncate(s: &str, max: usize) -> String {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &s[..end])
+    if let Some(space) = s[..end].rfind(' ').filter(|at| *at >= end - end / 4) {
+        end = space;
+    }
+    format!("{}…", s[..end].trim_end())
 }
 
 #[cfg(test)]
@@ -210,6 +218,26 @@ mod tests {
         assert!(r.warnings.iter().all(|w| w.len() <= MAX_WARNING_LEN));
         assert!(r.warnings.iter().map(String::len).sum::<usize>() <= MAX_WARNINGS_BYTES);
         assert!(r.warnings.last().unwrap().contains("more warnings left out"));
+    }
+
+    /// A registry's cause as layerlink words it, for a long image name: kept whole.
+    #[test]
+    fn a_warning_keeps_its_cause_whole() {
+        let image = format!("registry.example.com:5000/{}/app:v1", "team".repeat(8));
+        let warning = format!(
+            "layerlink: not pinned {image}: registry.example.com:5000: cannot connect: failed to lookup address information: Name or service not known"
+        );
+        let r = Response::allow("u").with_warnings(vec![warning.clone()]);
+        assert_eq!(r.warnings, [warning]);
+    }
+
+    #[test]
+    fn a_long_warning_is_cut_at_a_word() {
+        let words = "word ".repeat(100);
+        let cut = truncate(&words, MAX_WARNING_LEN);
+        assert!(cut.len() <= MAX_WARNING_LEN && cut.ends_with("word…"), "{cut}");
+        let one = "x".repeat(400);
+        assert_eq!(truncate(&one, 10), format!("{}…", "x".repeat(7)));
     }
 
     #[test]
