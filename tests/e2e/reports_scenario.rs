@@ -44,7 +44,8 @@ pub fn policy_reports(ctx: &mut Ctx) -> Result<(), String> {
     ctx.wait_pods(Kind::Deployment, NS, "web", 2)?;
 
     let report = wait_report(ctx, REPORTED, |r| {
-        pinned_result(r, "Deployment", "web").is_some()
+        // Both of the Deployment's pods: a rescan can run between the two admissions.
+        pinned_result(r, "Deployment", "web").is_some_and(|web| web["properties"]["pods"] == "2")
             && pinned_result(r, "Pod", "bare").is_some()
             && pinned_result(r, "Pod", "pinned").is_some()
     })?;
