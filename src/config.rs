@@ -328,6 +328,16 @@ pub enum Strategy {
     ImageVolume,
 }
 
+/// The YAML parser's error as one line: the position and what is wrong, without the excerpt it
+/// draws (which repeats the message and names the file `<input>`) or advice meant for programmers.
+fn yaml_error(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+    first
+        .replacen(" column ", ", column ", 1)
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+        .replace("invalid u64", "expected a whole number, 0 or more")
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &std::path::Path) -> Result<Self, Error> {
@@ -343,7 +353,7 @@ impl Config {
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| Error::Config(e.to_string()))?
+            serde_saphyr::from_str(text).map_err(|e| Error::Config(yaml_error(&e.to_string())))?
         };
         config.validate()?;
         Ok(config)
@@ -697,6 +707,19 @@ mod tests {
         };
         assert!(err.contains(key), "{text}: the error does not name {key}: {err}");
         err
+    }
+
+    /// A YAML error is one line, said once, with the position: no excerpt naming `<input>`, no
+    /// advice to the programmer.
+    #[test]
+    fn yaml_errors_are_one_line_with_the_position() {
+        for (text, wanted) in [
+            ("cache:\n  maxEntries: -1\n", "line 2, column 15: expected a whole number, 0 or more"),
+            ("resolve:\n  budget: 1s\n  budget: 2s\n", "line 3, column 3: duplicate mapping key: budget"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert_eq!(err, format!("config: {wanted}"));
+        }
     }
 
     #[test]
