@@ -89,7 +89,7 @@ impl Revision {
 }
 
 /// The ownerReference with `controller: true`.
-fn controller_owner(object: &Value) -> Option<&Value> {
+pub fn controller_owner(object: &Value) -> Option<&Value> {
     object
         .pointer("/metadata/ownerReferences")?
         .as_array()?

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 
-use crate::{Config, engine::Plan, policy::skip_reason, sites};
+use crate::{Config, engine::Plan, pins::controller_owner, policy::skip_reason, sites};
 
 /// The name of layerlink's report in each namespace.
 pub const REPORT_NAME: &str = "layerlink";
@@ -79,15 +79,6 @@ impl Workload {
             uid: text("/metadata/uid"),
         }
     }
-}
-
-/// The ownerReference with `controller: true`.
-fn controller_owner(object: &Value) -> Option<&Value> {
-    object
-        .pointer("/metadata/ownerReferences")?
-        .as_array()?
-        .iter()
-        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))
 }
 
 /// Kinds whose objects are owned by a workload above them (a Deployment's ReplicaSets, a
